@@ -1,0 +1,137 @@
+"""Time and peak memory of SC-GAN's self-attention block, forward + backward, fused vs naive vs pooled.
+
+Each case runs in a fresh subprocess so that its peak resident memory is its own (the peak-RSS counter is reset after
+the block and its input are built; the reported figure is the peak increase over that point). Naive attention is only
+run where its predicted peak (3.0 × N·M·4 B for forward + backward, measured factor from shared/reference/perf.md) is
+below --naive-max-gb; otherwise the row gives the prediction, marked "extrapolated".
+
+    python benchmarks/attention.py                 # 16³, 24³, 32³, 40³ tokens; C = 64 and 128
+    python benchmarks/attention.py --sizes 16 24   # quicker
+
+Prints a markdown table and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+VARIANTS = {  # name: (implementation, pool_size)
+    "naive": ("naive", 1),
+    "fused": ("fused", 1),
+    "pooled-naive": ("naive", 2),
+    "pooled-fused": ("fused", 2),
+}
+NAIVE_FACTOR = 3.0  # peak ≈ 3 × the fp32 score matrix for forward + backward
+
+
+def _rss_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def run_case(size: int, channels: int, variant: str, threads: int, repeats: int) -> dict:
+    """Runs in the child process: build, reset the peak counter, then time forward + backward."""
+    import torch
+
+    from custom_nets import SelfAttention3d
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    implementation, pool = VARIANTS[variant]
+    block = SelfAttention3d(3, channels, pool_size=pool, implementation=implementation)
+    with torch.no_grad():
+        block.sigma.fill_(0.5)
+    x = torch.randn(1, channels, size, size, size, requires_grad=True)
+    upstream = torch.randn_like(x)
+    base_kib = _rss_kib("VmRSS")
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # resets VmHWM (peak RSS) to the current RSS
+    except OSError:
+        pass
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        (block(x) * upstream).sum().backward()
+        times.append(time.perf_counter() - start)
+        x.grad = None
+        block.zero_grad()
+    return {"seconds": min(times), "peak_mb": (_rss_kib("VmHWM") - base_kib) / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32, 40], help="cube side of the token grid")
+    parser.add_argument("--channels", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--naive-max-gb", type=float, default=14.0, help="skip naive cases predicted above this")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)  # internal: size channels variant
+    args = parser.parse_args()
+    if args.case:
+        size, channels, variant = int(args.case[0]), int(args.case[1]), args.case[2]
+        print(json.dumps(run_case(size, channels, variant, args.threads, args.repeats)))
+        return
+
+    rows = []
+    for size in args.sizes:
+        for channels in args.channels:
+            for variant in args.variants:
+                tokens = size**3
+                keys = tokens // (8 if VARIANTS[variant][1] == 2 else 1)
+                predicted_gb = NAIVE_FACTOR * tokens * keys * 4 / 1e9
+                row = {"size": size, "tokens": tokens, "channels": channels, "variant": variant, "keys": keys}
+                if VARIANTS[variant][0] == "naive" and predicted_gb > args.naive_max_gb:
+                    row.update(seconds=None, peak_mb=predicted_gb * 1e3, extrapolated=True)
+                else:
+                    command = [sys.executable, __file__, "--case", str(size), str(channels), variant]
+                    command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
+                    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                    row.update(json.loads(out.strip().splitlines()[-1]), extrapolated=False)
+                rows.append(row)
+                print(f"  measured {row}", file=sys.stderr, flush=True)
+
+    print("| tokens | C | variant | keys | fwd+bwd s | peak MB |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        seconds = "—" if r["seconds"] is None else f"{r['seconds']:.3f}"
+        peak = f"{r['peak_mb']:.0f}" + (" (extrapolated)" if r["extrapolated"] else "")
+        print(f"| {r['size']}³ = {r['tokens']} | {r['channels']} | {r['variant']} | {r['keys']} | {seconds} | {peak} |")
+    ratios = {}
+    for r in rows:
+        if r["variant"] == "fused":
+            naive = next(n for n in rows if n["variant"] == "naive" and n["size"] == r["size"] and n["channels"] == r["channels"])
+            ratios[f"{r['size']}^3_C{r['channels']}"] = {
+                "naive_over_fused_peak": round(naive["peak_mb"] / max(r["peak_mb"], 1e-3), 1),
+                "naive_extrapolated": naive["extrapolated"],
+            }
+    if ratios:
+        print("\nnaive / fused peak memory:", ", ".join(f"{k}: {v['naive_over_fused_peak']}×" for k, v in ratios.items()))
+    import torch
+
+    print(
+        json.dumps(
+            {
+                "benchmark": "attention",
+                "torch": torch.__version__,
+                "machine": platform.processor() or platform.machine(),
+                "threads": args.threads,
+                "rows": rows,
+                "memory_ratios": ratios,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

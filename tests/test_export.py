@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from parameterized import parameterized
+
+from custom_nets import SCGANDiscriminator, SCGANGenerator, bake_spectral_norm
+from custom_nets.networks.layers import has_spectral_norm
+
+SMALL = dict(channels=(8, 16, 32), encoder_attention_levels=(2,), decoder_attention_levels=(1,), output_attention_stride=4)
+
+
+def _trained_generator(**kwargs) -> SCGANGenerator:
+    torch.manual_seed(0)
+    net = SCGANGenerator(**{**SMALL, **kwargs}).train()
+    net(torch.randn(1, 2, 16, 16, 16))  # one power iteration, so u and v differ from their initial values
+    with torch.no_grad():
+        for module in net.modules():
+            if hasattr(module, "sigma"):
+                module.sigma.fill_(0.5)  # open the attention gates so the attention paths are exercised
+    return net.eval()
+
+
+@parameterized.expand([["resize"], ["deconv"]])
+def test_baked_spectral_norm_matches_eval(up_mode):
+    net = _trained_generator(up_mode=up_mode)
+    baked = bake_spectral_norm(net)
+    x = torch.randn(1, 2, 16, 16, 16)
+    assert has_spectral_norm(net) and not has_spectral_norm(baked)
+    with torch.no_grad():
+        torch.testing.assert_close(baked(x), net(x), rtol=1e-5, atol=1e-6)
+    assert has_spectral_norm(net) and net.train()(x).shape == x[:, :1].shape  # the original still works
+
+
+def test_trace_matches_eager_at_other_sizes():
+    net = bake_spectral_norm(_trained_generator())
+    traced = torch.jit.trace(net, torch.randn(1, 2, 16, 16, 16))
+    for shape in [(1, 2, 16, 16, 16), (2, 2, 32, 16, 24)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            torch.testing.assert_close(traced(x), net(x), rtol=1e-5, atol=1e-6)
+
+
+@parameterized.expand([[SCGANGenerator, SMALL, (1, 2, 16, 16, 16)], [SCGANDiscriminator, {}, (1, 3, 16, 16, 16)]])
+def test_script_after_baking(cls, kwargs, shape):
+    net = bake_spectral_norm(cls(**kwargs))
+    scripted = torch.jit.script(net)
+    x = torch.randn(shape)
+    with torch.no_grad():
+        for ours, theirs in zip(torch.atleast_1d(scripted(x)), torch.atleast_1d(net(x))):
+            torch.testing.assert_close(ours, theirs)
+
+
+def test_onnx_matches_eager(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    net = bake_spectral_norm(_trained_generator())
+    path = str(tmp_path / "generator.onnx")
+    x = torch.randn(1, 2, 16, 16, 16)
+    torch.onnx.export(
+        net,
+        (x,),
+        path,
+        input_names=["image"],
+        output_names=["pred"],
+        dynamo=False,
+        opset_version=17,
+        dynamic_axes={"image": {0: "batch", 2: "x", 3: "y", 4: "z"}, "pred": {0: "batch", 2: "x", 3: "y", 4: "z"}},
+    )
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    for shape in [(1, 2, 16, 16, 16), (1, 2, 32, 16, 16)]:
+        x = torch.randn(shape)
+        with torch.no_grad():
+            expected = net(x).numpy()
+        np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], expected, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from parameterized import parameterized
+
+from custom_nets import GENERATOR_PRESETS, SCGANGenerator, SelfAttention3d
+from custom_nets.networks.layers import has_spectral_norm
+
+SMALL = dict(channels=(8, 16, 32), encoder_attention_levels=(2,), decoder_attention_levels=(1,), output_attention_stride=4)
+
+# [constructor arguments, input shape, expected output shape]
+SHAPE_CASES = [
+    [dict(SMALL), (1, 2, 16, 16, 16), (1, 1, 16, 16, 16)],
+    [dict(SMALL, in_channels=3, out_channels=2), (2, 3, 16, 24, 8), (2, 2, 16, 24, 8)],
+    [dict(SMALL, up_mode="deconv", kernel_size=(5, 3, 2)), (1, 2, 16, 16, 16), (1, 1, 16, 16, 16)],
+    [dict(SMALL, up_mode="resize", kernel_size=(5, 3, 2)), (1, 2, 16, 16, 16), (1, 1, 16, 16, 16)],
+    [dict(SMALL, spatial_dims=2), (2, 2, 32, 16), (2, 1, 32, 16)],
+    [dict(SMALL, spatial_dims=2, in_channels=4, up_mode="deconv", strides=(2, 1, 2)), (1, 4, 12, 8), (1, 1, 12, 8)],
+    [dict(in_channels=1, channels=(4,), encoder_attention_levels=(1,), decoder_attention_levels=()), (1, 1, 8, 8, 8), (1, 1, 8, 8, 8)],
+    [dict(channels=(4, 4, 4, 4), output_attention=False, encoder_attention_levels=()), (1, 2, 16, 16, 16), (1, 1, 16, 16, 16)],
+    [dict(SMALL, dropout=0.5, final_channels=8), (1, 2, 16, 16, 16), (1, 1, 16, 16, 16)],
+    [dict(SMALL, out_act="sigmoid"), (1, 2, 8, 8, 8), (1, 1, 8, 8, 8)],
+]
+
+
+@parameterized.expand(SHAPE_CASES)
+def test_shapes(kwargs, input_shape, expected_shape):
+    net = SCGANGenerator(**kwargs)
+    out = net(torch.randn(input_shape))
+    assert out.shape == expected_shape
+    out.mean().backward()
+    assert all(p.grad is not None for p in net.parameters() if p.requires_grad and p.ndim > 1)
+
+
+@parameterized.expand([["sigmoid", 0.0, 1.0], ["relu", 0.0, float("inf")], ["tanh", -1.0, 1.0]])
+def test_output_activation(out_act, low, high):
+    out = SCGANGenerator(**SMALL, out_act=out_act).eval()(10 * torch.randn(1, 2, 8, 8, 8))
+    assert out.min() >= low and out.max() <= high
+
+
+def test_cpu_preset_on_a_64_patch():
+    net = SCGANGenerator.from_preset("cpu").eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 2, 64, 64, 64)).shape == (1, 1, 64, 64, 64)
+    assert net.depth == 5 and net.size_divisor == 32
+
+
+def test_paper_preset_topology_at_256():
+    # On the meta device: the full 256³ forward pass is checked for shapes without allocating memory.
+    with torch.device("meta"):
+        net = SCGANGenerator.from_preset("paper").eval()
+        out = net(torch.empty(1, 2, 256, 256, 256))
+    assert out.shape == (1, 1, 256, 256, 256)
+    assert net.depth == 8 and net.kernel_sizes == (5, 5, 5, 5, 3, 3, 3, 2)
+    # 133 M, as an independent count of the TF topology (shared/reference/perf.md §1); affine instance norms included.
+    assert sum(p.numel() for p in net.parameters()) == 132_875_878
+    attention = [m for m in net.modules() if isinstance(m, SelfAttention3d)]
+    # after l5 (512 ch), after dl5 (256 ch), on the 1-channel output with keys pooled at stride 64
+    assert [a.out_proj.out_channels for a in attention] == [512, 256, 1]
+    assert attention[-1].pool_stride == 64
+    assert isinstance(net.decoder[0][0], torch.nn.ConvTranspose3d)
+
+
+@parameterized.expand(
+    [
+        ["3d_cgan", dict(spectral_norm=False, encoder_attention_levels=(), decoder_attention_levels=(), output_attention=False), False, 0],
+        ["attention_cgan", dict(spectral_norm=False), False, 3],
+        ["scgan", dict(), True, 3],
+    ]
+)
+def test_comparison_models_by_arguments(_, kwargs, spectral, n_attention):
+    net = SCGANGenerator(**{**SMALL, **kwargs})
+    assert has_spectral_norm(net) == spectral
+    assert sum(isinstance(m, SelfAttention3d) for m in net.modules()) == n_attention
+
+
+def test_spectral_norm_on_every_convolution():
+    # Random 3³ kernels have close top singular values, so the power iteration needs a few more rounds than 1 per step.
+    net = SCGANGenerator(**SMALL, up_mode="deconv", n_power_iterations=5).train()
+    x = torch.randn(1, 2, 16, 16, 16)
+    for _ in range(20):
+        net(x)
+    convs = [m for m in net.modules() if isinstance(m, (torch.nn.Conv3d, torch.nn.ConvTranspose3d))]
+    assert convs and all(hasattr(c, "parametrizations") for c in convs)
+    for conv in convs:
+        # PyTorch normalises a transposed convolution's weight over its output channels (dim 1).
+        weight = conv.weight.transpose(0, 1) if isinstance(conv, torch.nn.ConvTranspose3d) else conv.weight
+        assert abs(torch.linalg.matrix_norm(weight.flatten(1), ord=2).item() - 1.0) < 2e-2
+
+
+def test_resize_mode_has_no_checkerboard():
+    # A constant input through fresh layers: transposed 5³ stride-2 kernels overlap unevenly, so neighbouring output
+    # voxels alternate; nearest upsampling + convolution gives a constant interior.
+    torch.manual_seed(0)
+    kwargs = dict(channels=(4,), kernel_size=5, encoder_attention_levels=(), decoder_attention_levels=(),
+                  output_attention=False, norm="batch", spectral_norm=False)
+    x = torch.ones(1, 2, 16, 16, 16)
+
+    def parity_gap(up_mode):
+        net = SCGANGenerator(**kwargs, up_mode=up_mode).eval()
+        with torch.no_grad():
+            interior = net.decoder[0][:2](net.encoder[0](x))[0, 0, 4:-4, 4:-4, 4:-4]
+        return (interior[::2].mean() - interior[1::2].mean()).abs().item()
+
+    assert parity_gap("resize") < 1e-6 < parity_gap("deconv")
+
+
+@parameterized.expand(
+    [
+        [(1, 2, 20, 16, 16), "multiple of prod\\(strides\\)=8"],
+        [(1, 2, 16, 16), "3D input"],
+    ]
+)
+def test_input_that_does_not_fit(shape, message):
+    with pytest.raises(ValueError, match=message):
+        SCGANGenerator(**SMALL)(torch.randn(shape))
+
+
+@parameterized.expand(
+    [
+        [dict(up_mode="pixelshuffle"), "up_mode"],
+        [dict(encoder_attention_levels=(4,)), "encoder_attention_levels"],
+        [dict(decoder_attention_levels=(3,)), "decoder_attention_levels"],
+        [dict(kernel_size=(3, 3)), "kernel_size"],
+        [dict(dropout=1.0), "dropout"],
+    ]
+)
+def test_bad_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        SCGANGenerator(**{**SMALL, **kwargs})
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match="paper"):
+        SCGANGenerator.from_preset("huge")
+    assert set(GENERATOR_PRESETS) == {"paper", "cpu"}
