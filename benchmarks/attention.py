@@ -110,13 +110,17 @@ def main() -> None:
     ratios = {}
     for r in rows:
         if r["variant"] == "fused":
-            naive = next(n for n in rows if n["variant"] == "naive" and n["size"] == r["size"] and n["channels"] == r["channels"])
+            naive = next(
+                n for n in rows if n["variant"] == "naive" and n["size"] == r["size"] and n["channels"] == r["channels"]
+            )
             ratios[f"{r['size']}^3_C{r['channels']}"] = {
                 "naive_over_fused_peak": round(naive["peak_mb"] / max(r["peak_mb"], 1e-3), 1),
                 "naive_extrapolated": naive["extrapolated"],
             }
     if ratios:
-        print("\nnaive / fused peak memory:", ", ".join(f"{k}: {v['naive_over_fused_peak']}×" for k, v in ratios.items()))
+        print(
+            "\nnaive / fused peak memory:", ", ".join(f"{k}: {v['naive_over_fused_peak']}×" for k, v in ratios.items())
+        )
     import torch
 
     print(

@@ -8,7 +8,9 @@ from parameterized import parameterized
 from custom_nets import SCGANDiscriminator, SCGANGenerator, bake_spectral_norm
 from custom_nets.networks.layers import has_spectral_norm
 
-SMALL = dict(channels=(8, 16, 32), encoder_attention_levels=(2,), decoder_attention_levels=(1,), output_attention_stride=4)
+SMALL = dict(
+    channels=(8, 16, 32), encoder_attention_levels=(2,), decoder_attention_levels=(1,), output_attention_stride=4
+)
 
 
 def _trained_generator(**kwargs) -> SCGANGenerator:

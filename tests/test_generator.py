@@ -7,7 +7,9 @@ from parameterized import parameterized
 from custom_nets import GENERATOR_PRESETS, SCGANGenerator, SelfAttention3d
 from custom_nets.networks.layers import has_spectral_norm
 
-SMALL = dict(channels=(8, 16, 32), encoder_attention_levels=(2,), decoder_attention_levels=(1,), output_attention_stride=4)
+SMALL = dict(
+    channels=(8, 16, 32), encoder_attention_levels=(2,), decoder_attention_levels=(1,), output_attention_stride=4
+)
 
 # [constructor arguments, input shape, expected output shape]
 SHAPE_CASES = [
@@ -17,8 +19,16 @@ SHAPE_CASES = [
     [dict(SMALL, up_mode="resize", kernel_size=(5, 3, 2)), (1, 2, 16, 16, 16), (1, 1, 16, 16, 16)],
     [dict(SMALL, spatial_dims=2), (2, 2, 32, 16), (2, 1, 32, 16)],
     [dict(SMALL, spatial_dims=2, in_channels=4, up_mode="deconv", strides=(2, 1, 2)), (1, 4, 12, 8), (1, 1, 12, 8)],
-    [dict(in_channels=1, channels=(4,), encoder_attention_levels=(1,), decoder_attention_levels=()), (1, 1, 8, 8, 8), (1, 1, 8, 8, 8)],
-    [dict(channels=(4, 4, 4, 4), output_attention=False, encoder_attention_levels=()), (1, 2, 16, 16, 16), (1, 1, 16, 16, 16)],
+    [
+        dict(in_channels=1, channels=(4,), encoder_attention_levels=(1,), decoder_attention_levels=()),
+        (1, 1, 8, 8, 8),
+        (1, 1, 8, 8, 8),
+    ],
+    [
+        dict(channels=(4, 4, 4, 4), output_attention=False, encoder_attention_levels=()),
+        (1, 2, 16, 16, 16),
+        (1, 1, 16, 16, 16),
+    ],
     [dict(SMALL, dropout=0.5, final_channels=8), (1, 2, 16, 16, 16), (1, 1, 16, 16, 16)],
     [dict(SMALL, out_act="sigmoid"), (1, 2, 8, 8, 8), (1, 1, 8, 8, 8)],
 ]
@@ -64,7 +74,12 @@ def test_paper_preset_topology_at_256():
 
 @parameterized.expand(
     [
-        ["3d_cgan", dict(spectral_norm=False, encoder_attention_levels=(), decoder_attention_levels=(), output_attention=False), False, 0],
+        [
+            "3d_cgan",
+            dict(spectral_norm=False, encoder_attention_levels=(), decoder_attention_levels=(), output_attention=False),
+            False,
+            0,
+        ],
         ["attention_cgan", dict(spectral_norm=False), False, 3],
         ["scgan", dict(), True, 3],
     ]
@@ -93,8 +108,15 @@ def test_resize_mode_has_no_checkerboard():
     # A constant input through fresh layers: transposed 5³ stride-2 kernels overlap unevenly, so neighbouring output
     # voxels alternate; nearest upsampling + convolution gives a constant interior.
     torch.manual_seed(0)
-    kwargs = dict(channels=(4,), kernel_size=5, encoder_attention_levels=(), decoder_attention_levels=(),
-                  output_attention=False, norm="batch", spectral_norm=False)
+    kwargs = dict(
+        channels=(4,),
+        kernel_size=5,
+        encoder_attention_levels=(),
+        decoder_attention_levels=(),
+        output_attention=False,
+        norm="batch",
+        spectral_norm=False,
+    )
     x = torch.ones(1, 2, 16, 16, 16)
 
     def parity_gap(up_mode):

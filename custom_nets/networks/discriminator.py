@@ -77,7 +77,9 @@ class SCGANDiscriminator(nn.Module):
         if spatial_dims not in (2, 3):
             raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}.")
         if in_channels < 2:
-            raise ValueError(f"in_channels counts input and target channels together, so at least 2; got {in_channels}.")
+            raise ValueError(
+                f"in_channels counts input and target channels together, so at least 2; got {in_channels}."
+            )
         if len(channels) < 1 or min(channels) < 1:
             raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}.")
         depth = len(channels)
@@ -90,7 +92,13 @@ class SCGANDiscriminator(nn.Module):
 
         def conv(cin: int, cout: int, kernel: int, stride: int, bias: bool = False) -> nn.Module:
             layer = make_conv(
-                spatial_dims, cin, cout, kernel, stride, bias=bias, spectral_norm=spectral_norm,
+                spatial_dims,
+                cin,
+                cout,
+                kernel,
+                stride,
+                bias=bias,
+                spectral_norm=spectral_norm,
                 n_power_iterations=n_power_iterations,
             )
             init_normal(layer)
@@ -114,7 +122,7 @@ class SCGANDiscriminator(nn.Module):
 
     @classmethod
     def from_preset(cls, preset: str = "cpu", **overrides: Any) -> SCGANDiscriminator:
-        """Build a documented preset (``"paper"`` or ``"cpu"``, see ``DISCRIMINATOR_PRESETS``), overriding any argument."""
+        """Build a documented preset (``"paper"`` or ``"cpu"``, see ``DISCRIMINATOR_PRESETS``), overriding arguments."""
         if preset not in DISCRIMINATOR_PRESETS:
             raise ValueError(f"preset must be one of {sorted(DISCRIMINATOR_PRESETS)}, got {preset!r}.")
         return cls(**{**DISCRIMINATOR_PRESETS[preset], **overrides})

@@ -22,7 +22,7 @@ UP_MODES = ("resize", "deconv")
 
 GENERATOR_PRESETS: dict[str, dict[str, Any]] = {
     # The published topology (src/utils/generator.py) for whole 256³ volumes: 8 levels down to 1³, transposed
-    # convolutions up, attention after l5 (8³), after dl5 (32³) and on the 1-channel output (keys pooled with stride 64).
+    # convolutions up, attention after l5 (8³), after dl5 (32³) and on the 1-channel output (keys pooled, stride 64).
     "paper": {
         "channels": (64, 128, 256, 512, 512, 512, 512, 512),
         "strides": 2,
@@ -80,7 +80,7 @@ class SCGANGenerator(nn.Module):
     size in ``"resize"`` mode so that the convolution keeps the size.
 
     Comparison models of the paper by arguments: 3D cGAN = ``spectral_norm=False`` and no attention levels; attention
-    cGAN = attention with ``spectral_norm=False``; 2D cGAN = ``spatial_dims=2``; 3D U-Net = this generator trained alone.
+    cGAN = attention with ``spectral_norm=False``; 2D cGAN = ``spatial_dims=2``; 3D U-Net = the generator trained alone.
 
     Shapes: input ``(B, in_channels, *spatial)`` with every spatial size divisible by ``prod(strides)`` (and, with the
     output attention, at least 2); output ``(B, out_channels, *spatial)``.
@@ -161,7 +161,9 @@ class SCGANGenerator(nn.Module):
         final_channels = in_channels if final_channels is None else final_channels
 
         def conv(cin: int, cout: int, kernel: int, stride: int = 1, transposed: bool = False, bias: bool = False):
-            layer = make_conv(spatial_dims, cin, cout, kernel, stride, transposed, bias, spectral_norm, n_power_iterations)
+            layer = make_conv(
+                spatial_dims, cin, cout, kernel, stride, transposed, bias, spectral_norm, n_power_iterations
+            )
             init_normal(layer)
             return layer
 

@@ -19,7 +19,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import spectral_norm as _spectral_norm
 
-__all__ = ["make_conv", "make_norm", "SingleVoxelSafeNorm", "init_normal", "same_padding", "transposed_padding", "bake_spectral_norm", "has_spectral_norm"]
+__all__ = [
+    "make_conv",
+    "make_norm",
+    "SingleVoxelSafeNorm",
+    "init_normal",
+    "same_padding",
+    "transposed_padding",
+    "bake_spectral_norm",
+    "has_spectral_norm",
+]
 
 
 def same_padding(kernel_size: int) -> int:
@@ -35,7 +44,9 @@ def transposed_padding(kernel_size: int, stride: int) -> tuple[int, int]:
     output_padding = (kernel_size - stride) % 2
     padding = (kernel_size - stride + output_padding) // 2
     if padding < 0 or output_padding >= stride:
-        raise ValueError(f"transposed convolution with kernel_size={kernel_size} and stride={stride} cannot double the size.")
+        raise ValueError(
+            f"transposed convolution with kernel_size={kernel_size} and stride={stride} cannot double the size."
+        )
     return padding, output_padding
 
 
@@ -66,7 +77,13 @@ def make_conv(
     if transposed:
         padding, output_padding = transposed_padding(kernel_size, stride)
         conv: nn.Module = Conv[Conv.CONVTRANS, spatial_dims](
-            in_channels, out_channels, kernel_size, stride=stride, padding=padding, output_padding=output_padding, bias=bias
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=padding,
+            output_padding=output_padding,
+            bias=bias,
         )
     else:
         conv = Conv[Conv.CONV, spatial_dims](

@@ -32,10 +32,10 @@ class SelfAttention3d(nn.Module):
     All four projections are 1×1(×1) convolutions, spectrally normalised by default. Despite its name the block works
     for ``spatial_dims`` 2 and 3.
 
-    The core runs through :func:`torch.nn.functional.scaled_dot_product_attention` on contiguous tensors, so that a fused
-    kernel keeps memory O(N + M) instead of materialising the N×M score matrix. PyTorch's CPU flash kernel needs equal
-    widths for q, k and v: there q and k are zero-padded to v's width (``q kᵀ`` is unchanged), otherwise PyTorch would
-    silently fall back to the N×M math path. On CUDA the memory-efficient kernel accepts the unequal widths. The
+    The core runs through :func:`torch.nn.functional.scaled_dot_product_attention` on contiguous tensors, so that a
+    fused kernel keeps memory O(N + M) instead of materialising the N×M score matrix. PyTorch's CPU flash kernel needs
+    equal widths for q, k and v: there q and k are zero-padded to v's width (``q kᵀ`` is unchanged), otherwise PyTorch
+    would silently fall back to the N×M math path. On CUDA the memory-efficient kernel accepts the unequal widths. The
     ``"naive"`` implementation materialises the matrix and is kept as the reference for tests.
 
     Shapes: input ``(B, C, *spatial)``, output the same. Every spatial size must be at least ``pool_size``.
@@ -79,7 +79,9 @@ class SelfAttention3d(nn.Module):
         self.v_channels = in_channels // 2 or 16
 
         def projection(cin: int, cout: int) -> nn.Module:
-            return make_conv(spatial_dims, cin, cout, 1, spectral_norm=spectral_norm, n_power_iterations=n_power_iterations)
+            return make_conv(
+                spatial_dims, cin, cout, 1, spectral_norm=spectral_norm, n_power_iterations=n_power_iterations
+            )
 
         self.theta = projection(in_channels, self.qk_channels)
         self.phi = projection(in_channels, self.qk_channels)
