@@ -1,7 +1,8 @@
 """Time and peak memory of SC-GAN's self-attention block, forward + backward, fused vs naive vs pooled.
 
 Each case runs in a fresh subprocess so that its peak resident memory is its own (the peak-RSS counter is reset after
-the block and its input are built; the reported figure is the peak increase over that point). Naive attention is only
+the block and its input are built; the reported figure is the peak increase over that point, with glibc's mmap
+threshold fixed at 1 MiB so that freed tensors leave the RSS at once). Naive attention is only
 run where its predicted peak (3.0 × N·M·4 B for forward + backward, measured factor from shared/reference/perf.md) is
 below --naive-max-gb; otherwise the row gives the prediction, marked "extrapolated".
 
@@ -83,6 +84,9 @@ def main() -> None:
         print(json.dumps(run_case(size, channels, variant, args.threads, args.repeats)))
         return
 
+    # A fixed mmap threshold makes glibc return every freed block over 1 MiB at once, so the peak RSS is the peak of
+    # live tensors rather than of the allocator's cache (its default threshold grows after each large free).
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     rows = []
     for size in args.sizes:
         for channels in args.channels:
@@ -96,7 +100,7 @@ def main() -> None:
                 else:
                     command = [sys.executable, __file__, "--case", str(size), str(channels), variant]
                     command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
-                    out = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+                    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
                     row.update(json.loads(out.strip().splitlines()[-1]), extrapolated=False)
                 rows.append(row)
                 print(f"  measured {row}", file=sys.stderr, flush=True)

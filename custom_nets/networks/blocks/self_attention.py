@@ -131,4 +131,5 @@ class SelfAttention3d(nn.Module):
         attended_shape[1] = self.v_channels
         attended = attended.transpose(1, 2).reshape(attended_shape)
         out = self.out_proj(attended)
-        return (x + self.sigma * out) / (1 + self.sigma)
+        # (x + σ·o) / (1 + σ), written so that autograd keeps one N×C tensor instead of two
+        return x + (self.sigma / (1 + self.sigma)) * (out - x)
