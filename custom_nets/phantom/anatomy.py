@@ -2,7 +2,7 @@
 """Template anatomy for the synthetic subjects: real MNI152 tissue maps plus coarse regions in MNI coordinates.
 
 The tissue maps are the ICBM 2009a nonlinear-symmetric grey- and white-matter templates that ship inside nilearn's
-wheel (loaded offline). CSF is the brain mask minus GM and WM. Regions (cerebellum, brainstem, deep grey matter, medial
+wheel (loaded offline). CSF is the brain mask minus GM and WM; the three are sharpened towards single-subject boundaries. Regions (cerebellum, brainstem, deep grey matter, medial
 temporal lobe, ventricles, corpus callosum, internal capsule, corticospinal tract, cingulum, amyloid-prone cortex) are
 boxes in MNI millimetres intersected with the tissue maps: coarse, but in the right places for contrast synthesis.
 """
@@ -105,7 +105,9 @@ def load_template(resolution: int = 2) -> Template:
     affine = gm.affine.copy()
     gm = np.clip(gm.get_fdata(dtype=np.float32), 0, 1)
     wm = np.clip(datasets.load_mni152_wm_template(resolution=resolution).get_fdata(dtype=np.float32), 0, 1)
-    brain = (datasets.load_mni152_brain_mask(resolution=resolution).get_fdata(dtype=np.float32) > 0.5).astype(np.float32)
+    brain = (datasets.load_mni152_brain_mask(resolution=resolution).get_fdata(dtype=np.float32) > 0.5).astype(
+        np.float32
+    )
     # The brain mask misses a little tissue at its edge; keep every voxel that is mostly tissue.
     brain = np.maximum(brain, ((gm + wm) > 0.5).astype(np.float32))
     gm, wm = gm * brain, wm * brain
@@ -113,6 +115,10 @@ def load_template(resolution: int = 2) -> Template:
     scale = np.where(tissue > 1, 1 / np.maximum(tissue, 1e-6), 1).astype(np.float32)
     gm, wm = gm * scale, wm * scale
     csf = np.clip(brain - gm - wm, 0, 1)
+    # A population average has blurred boundaries (13 % "GM" inside the ventricles); squaring and renormalising the
+    # probabilities gives the sharper tissue boundaries of a single subject.
+    sharpened = np.stack([csf, gm, wm]) ** 2
+    csf, gm, wm = sharpened / np.maximum(sharpened.sum(axis=0), 1e-6) * brain
     voxel = float(abs(affine[0, 0]))
     depth = ndimage.distance_transform_edt(brain > 0).astype(np.float32) * voxel
     x, y, z = _mni_coordinates(gm.shape, affine)
@@ -166,7 +172,9 @@ def load_template(resolution: int = 2) -> Template:
     cerebral = inside & ~cerebellum & ~brainstem
     amyloid_weight = ndimage.gaussian_filter(weight * cerebral, 5.0 / voxel) * cerebral
 
-    atrophy = np.where(_box(x, y, z, (28, 80), (-70, 10), (-40, 5)) | _box(x, y, z, (0, 80), (-75, -28), (20, 80)), 1.0, 0.5)
+    atrophy = np.where(
+        _box(x, y, z, (28, 80), (-70, 10), (-40, 5)) | _box(x, y, z, (0, 80), (-75, -28), (20, 80)), 1.0, 0.5
+    )
     atrophy = np.where(medial_temporal, 1.0, atrophy).astype(np.float32)
     atrophy_weight = ndimage.gaussian_filter(atrophy, 6.0 / voxel) * cerebral
 

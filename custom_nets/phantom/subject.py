@@ -69,7 +69,7 @@ def sample_latents(subject: str, seed: list[int], rng: np.random.Generator, trac
         "t1_gm": rng.uniform(0.60, 0.75),
         "t1_csf": rng.uniform(0.20, 0.36),
         "t1_wmh": rng.uniform(0.75, 0.90),
-        "flair_gm": rng.uniform(1.10, 1.35),
+        "flair_gm": rng.uniform(1.12, 1.35),
         "flair_csf": rng.uniform(0.03, 0.20),
         "flair_wmh": rng.uniform(1.6, 2.5),
         "mri_noise": rng.uniform(0.01, 0.04),
@@ -145,7 +145,12 @@ def synthesise_subject(template: Template, latents: Latents, rng: np.random.Gene
     wm = wm_all - lesion
 
     deep_gm = template.region("thalamus", "striatum")
-    t1 = gm * c["t1_gm"] * np.where(deep_gm, np.float32(1.08), np.float32(1.0)) + wm + csf * c["t1_csf"] + lesion * c["t1_wmh"]
+    t1 = (
+        gm * c["t1_gm"] * np.where(deep_gm, np.float32(1.08), np.float32(1.0))
+        + wm
+        + csf * c["t1_csf"]
+        + lesion * c["t1_wmh"]
+    )
     flair = gm * c["flair_gm"] + wm + csf * c["flair_csf"] + lesion * c["flair_wmh"]
 
     # Amyloid PET: nonspecific uptake B plus specific cortical (and, at high load, striatal) binding S, scaled later.
@@ -157,8 +162,16 @@ def synthesise_subject(template: Template, latents: Latents, rng: np.random.Gene
     # FA: tract values (young adult) lowered with age, in lesions, and in splenium/cingulum with amyloid load.
     wm_fa = _regional(
         labels,
-        {"cc_genu": 0.70, "cc_body": 0.65, "cc_splenium": 0.75, "internal_capsule": 0.66, "corticospinal": 0.65,
-         "cingulum": 0.55, "brainstem": 0.55, "cerebellum": 0.40},
+        {
+            "cc_genu": 0.70,
+            "cc_body": 0.65,
+            "cc_splenium": 0.75,
+            "internal_capsule": 0.66,
+            "corticospinal": 0.65,
+            "cingulum": 0.55,
+            "brainstem": 0.55,
+            "cerebellum": 0.40,
+        },
         c["fa_wm"],
     )
     wm_fa = ndimage.gaussian_filter(wm_fa, 1.0 / voxel) * (1 - 0.003 * max(latents.age - 40, 0))
@@ -175,18 +188,22 @@ def synthesise_subject(template: Template, latents: Latents, rng: np.random.Gene
 
     reference = template.region("cerebellum").astype(np.float32)
     composite = template.region("cortex_amyloid_prone").astype(np.float32)
-    stack = np.stack([t1, flair, pet_base, pet_specific, fa, md, template.brain, reference, composite], dtype=np.float32)
+    stack = np.stack(
+        [t1, flair, pet_base, pet_specific, fa, md, template.brain, reference, composite], dtype=np.float32
+    )
     grid = sampling_grid(random_displacement(template.shape, voxel, rng))
     t1, flair, pet_base, pet_specific, fa, md, brain, reference, composite = warp(stack, grid)
     mask = brain > 0.5
-    labels = np.where(lesion > 0.5 * template.brain, np.int16(REGION_LABELS["wmh"]), labels)
+    labels = np.where(lesion > 0.7 * template.brain, np.int16(REGION_LABELS["wmh"]), labels)
     tissue_labels = warp(labels[None].astype(np.float32), grid, mode="nearest")[0]
     tissue_labels = np.where(mask, tissue_labels, 0)
 
     def mri(image: np.ndarray) -> np.ndarray:
         bias = np.exp(c["mri_bias"] * np.tanh(_smooth_field(image.shape, rng, coarse=3)))
         blurred = ndimage.gaussian_filter(image, 0.25)  # ~0.5 mm sigma at 2 mm voxels
-        noisy = np.hypot(blurred + rng.normal(0, c["mri_noise"], image.shape), rng.normal(0, c["mri_noise"], image.shape))
+        noisy = np.hypot(
+            blurred + rng.normal(0, c["mri_noise"], image.shape), rng.normal(0, c["mri_noise"], image.shape)
+        )
         return (noisy * bias * c["mri_scale"] * mask).astype(np.float32)
 
     # PET at 8 mm FWHM; the specific-binding gain k solves composite SUVR = the Centiloid equation's value exactly.
@@ -195,7 +212,12 @@ def synthesise_subject(template: Template, latents: Latents, rng: np.random.Gene
     pet_specific = ndimage.gaussian_filter(pet_specific, sigma)
     ref, ctx = reference > 0.5, composite > 0.5
     goal = target_suvr(latents.centiloid, latents.tracer)
-    b_ctx, s_ctx, b_ref, s_ref = pet_base[ctx].mean(), pet_specific[ctx].mean(), pet_base[ref].mean(), pet_specific[ref].mean()
+    b_ctx, s_ctx, b_ref, s_ref = (
+        pet_base[ctx].mean(),
+        pet_specific[ctx].mean(),
+        pet_base[ref].mean(),
+        pet_specific[ref].mean(),
+    )
     gain = max((goal * b_ref - b_ctx) / (s_ctx - goal * s_ref), -0.4)
     pet = pet_base + gain * pet_specific
     pet_noise = ndimage.gaussian_filter(rng.normal(0, 1, pet.shape), 1.0)
