@@ -2,8 +2,9 @@
 """Template anatomy for the synthetic subjects: real MNI152 tissue maps plus coarse regions in MNI coordinates.
 
 The tissue maps are the ICBM 2009a nonlinear-symmetric grey- and white-matter templates that ship inside nilearn's
-wheel (loaded offline). CSF is the brain mask minus GM and WM; the three are sharpened towards single-subject boundaries. Regions (cerebellum, brainstem, deep grey matter, medial
-temporal lobe, ventricles, corpus callosum, internal capsule, corticospinal tract, cingulum, amyloid-prone cortex) are
+wheel (loaded offline). CSF is the brain mask minus GM and WM; the three are sharpened towards single-subject
+boundaries. Regions (cerebellum, brainstem, deep grey matter, medial temporal lobe, ventricles, corpus callosum,
+internal capsule, corticospinal tract, cingulum, amyloid-prone cortex) are
 boxes in MNI millimetres intersected with the tissue maps: coarse, but in the right places for contrast synthesis.
 """
 

@@ -92,7 +92,7 @@ def generate_dataset(
     datalist = {
         "name": "scgan-synthetic-brains",
         "description": "Synthetic multimodal brain subjects built on the MNI152 (ICBM 2009a) tissue templates",
-        "reference": "custom_nets.phantom (contrast values and their literature sources in custom_nets/phantom/subject.py)",
+        "reference": "custom_nets.phantom (contrast values and their sources: custom_nets/phantom/subject.py)",
         "seed": seed,
         "resolution_mm": resolution,
         "tracer": tracer,

@@ -21,12 +21,12 @@ MODALITIES = ("t1w", "flair", "mask", "pet", "fa", "md", "labels")
 PET_FWHM_MM = 8.0  # ADNI's "uniform resolution" PET product
 
 # Centiloid anchors of PiB with a whole-cerebellum reference (Klunk et al. 2015) and florbetapir's conversion
-# (amypet's tables, shared/reference/data.md §2.1): SUVR_PiB = 1.0129 + 0.010670 CL; SUVR_FBP = 0.5232 SUVR_PiB + 0.5129.
+# (amypet's anchor tables): SUVR_PiB = 1.0129 + 0.010670 CL; SUVR_FBP = 0.5232 SUVR_PiB + 0.5129.
 TRACERS = {"florbetapir": (0.5232, 0.5129), "florbetaben": (0.6079, 0.3952), "pib": (1.0, 0.0)}
 
 
 def target_suvr(centiloid: float, tracer: str = "florbetapir") -> float:
-    """Composite cortical SUVR (whole-cerebellum reference) that a tracer's Centiloid equation gives for ``centiloid``."""
+    """Composite cortical SUVR (whole-cerebellum reference) given by a tracer's Centiloid equation at ``centiloid``."""
     slope, intercept = TRACERS[tracer]
     return slope * (1.0129 + 0.010670 * centiloid) + intercept
 
