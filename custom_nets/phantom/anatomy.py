@@ -157,7 +157,7 @@ def load_template(resolution: int = 2) -> Template:
     labels[is_wm & ~corpus_callosum & _box(x, y, z, (5, 14), (-50, 34), (20, 44))] = codes["cingulum"]
 
     # Amyloid-prone cortex (Centiloid-like composite: frontal, precuneus/posterior cingulate, lateral temporal and
-    # parietal), low in sensorimotor, occipital and medial temporal cortex (Thal phases; shared/reference/data.md §5.5).
+    # parietal), low in sensorimotor, occipital and medial temporal cortex (Thal amyloid phases).
     prone = (
         (y > 8)
         | _box(x, y, z, (0, 16), (-78, -35), (15, 62))

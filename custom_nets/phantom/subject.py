@@ -1,8 +1,10 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
 """One synthetic subject: latent variables, anatomy changes, contrasts, deformation, resolution and noise.
 
-Literature values are those gathered in shared/reference/data.md §5 (tissue ratios, Centiloid calibration, FA and MD
-by region). Each subject draws its own contrast values from the quoted ranges, so no two subjects share a look-up table.
+Literature values: T1w/FLAIR tissue ratios from BrainWeb and the inversion-recovery signal equation at 3 T; the
+Centiloid anchors (Klunk et al., Alzheimers Dement 2015) and tracer conversions; FA by tract from young-adult DTI
+series; MD from Helenius et al. (Radiology 2002) and free water at 37 °C. Each subject draws its own contrast values
+from the quoted ranges, so no two subjects share a look-up table.
 """
 
 from __future__ import annotations
