@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from custom_nets.datalist import split_subjects
 from custom_nets.io import atomic_save_nifti, atomic_write_json
 from custom_nets.phantom.anatomy import REGION_LABELS, load_template
 from custom_nets.phantom.subject import MODALITIES, sample_latents, synthesise_subject
 
-__all__ = ["generate_dataset", "split_subjects", "DATALIST_NAME"]
+__all__ = ["generate_dataset", "DATALIST_NAME"]
 
 DATALIST_NAME = "datalist.json"
 MODALITY_DESCRIPTIONS = {
@@ -25,25 +26,6 @@ MODALITY_DESCRIPTIONS = {
     "md": "DTI mean diffusivity, 1e-3 mm^2/s",
     "labels": "tissue/region labels (int16), see label_names",
 }
-
-
-def split_subjects(subjects: list[str], seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict:
-    """Subject-level training/validation/test split by a seeded permutation; validation and test get at least one
-    subject each when there are three or more."""
-    if not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
-        raise ValueError(f"split fractions must be non-negative and sum to 1, got {fractions}.")
-    order = [subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))]
-    n = len(order)
-    n_val = int(round(fractions[1] * n))
-    n_test = int(round(fractions[2] * n))
-    if n >= 3:
-        n_val, n_test = max(n_val, 1 if fractions[1] > 0 else 0), max(n_test, 1 if fractions[2] > 0 else 0)
-    n_train = n - n_val - n_test
-    return {
-        "training": sorted(order[:n_train]),
-        "validation": sorted(order[n_train : n_train + n_val]),
-        "test": sorted(order[n_train + n_val :]),
-    }
 
 
 def generate_dataset(

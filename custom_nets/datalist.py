@@ -1,0 +1,271 @@
+# Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Build and validate a datalist from a user's folder.
+
+    python -m custom_nets.datalist --root DIR --out DIR/datalist.json                       # BIDS-like layout
+    python -m custom_nets.datalist --root DIR --layout flat \\
+        --key t1w='{subject}_T1w.nii.gz' --key flair='{subject}_FLAIR.nii.gz' --key pet='{subject}_pet.nii.gz'
+
+Layouts:
+    bids  ``DIR/sub-<id>/[ses-<s>/]<datatype>/sub-<id>[_ses-<s>]_..._<suffix>.<ext>``; each key is a glob relative to
+          the subject folder (defaults below). Sessions become separate entries ``sub-<id>_ses-<s>`` of one subject.
+    flat  one folder of files; each key is a pattern with a ``{subject}`` placeholder.
+
+Files may be NIfTI, NRRD, MHA or a DICOM series folder (read through MONAI's ITK reader). Before anything is written,
+every file is loaded and checked: it exists and is readable, a subject's modalities share the spatial shape and
+affine (within ``--affine-tol`` mm), values are finite, masks are not empty, and no subject or file appears twice.
+All problems are reported together, one line each naming the subject, key and file; then nothing is written. The
+split is by subject (all sessions of a subject stay in one list), seeded, and the datalist is written atomically with
+paths relative to its own folder, in MONAI's decathlon format.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from custom_nets.io import atomic_write_json
+
+__all__ = ["DatalistError", "find_subjects", "validate_subjects", "build_datalist", "split_subjects", "BIDS_KEYS"]
+
+BIDS_KEYS = {
+    "t1w": "anat/*_T1w.*",
+    "flair": "anat/*_FLAIR.*",
+    "mask": "anat/*_mask.*",
+    "pet": "pet/*_pet.*",
+    "fa": "dwi/*FA*.*",
+    "md": "dwi/*MD*.*",
+}
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+class DatalistError(ValueError):
+    """Every problem found in a user's folder, one per line."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__(f"{len(self.problems)} problem(s), nothing was written:\n" + "\n".join(self.problems))
+
+
+def split_subjects(subjects: Sequence[str], seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict:
+    """Subject-level training/validation/test split by a seeded permutation; validation and test get at least one
+    subject each when there are three or more subjects and their fraction is not 0."""
+    if len(fractions) != 3 or not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}.")
+    unique = sorted(set(subjects))
+    order = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
+    n = len(order)
+    n_val, n_test = int(round(fractions[1] * n)), int(round(fractions[2] * n))
+    if n >= 3:
+        n_val = max(n_val, int(fractions[1] > 0))
+        n_test = max(n_test, int(fractions[2] > 0))
+    n_train = n - n_val - n_test
+    return {
+        "training": sorted(order[:n_train]),
+        "validation": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_dir() or path.name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def find_subjects(root: str | Path, keys: Mapping[str, str], layout: str = "bids") -> tuple[dict, list[str]]:
+    """Map ``{entry_id: {"subject": id, key: path, ...}}`` from ``root``; returns (entries, problems)."""
+    root = Path(root)
+    problems: list[str] = []
+    entries: dict[str, dict] = {}
+    if not root.is_dir():
+        raise DatalistError([f"--root {root}: not a folder."])
+    if layout == "bids":
+        subject_dirs = sorted(p for p in root.glob("sub-*") if p.is_dir())
+        if not subject_dirs:
+            raise DatalistError([f"--root {root}: no sub-* folders (expected a BIDS-like layout)."])
+        for subject_dir in subject_dirs:
+            sessions = sorted(p for p in subject_dir.glob("ses-*") if p.is_dir()) or [subject_dir]
+            for session_dir in sessions:
+                entry_id = subject_dir.name if session_dir == subject_dir else f"{subject_dir.name}_{session_dir.name}"
+                entry = {"subject": subject_dir.name}
+                for key, pattern in keys.items():
+                    matches = sorted(
+                        p for p in session_dir.glob(pattern) if _is_image(p) and not p.name.endswith(".json")
+                    )
+                    if len(matches) == 1:
+                        entry[key] = matches[0]
+                    elif not matches:
+                        problems.append(f"{entry_id}: key '{key}': no file matches '{session_dir / pattern}'")
+                    else:
+                        names = ", ".join(str(m) for m in matches)
+                        problems.append(f"{entry_id}: key '{key}': {len(matches)} files match '{pattern}': {names}")
+                entries[entry_id] = entry
+    elif layout == "flat":
+        for key, pattern in keys.items():
+            if "{subject}" not in pattern:
+                raise DatalistError([f"--key {key}={pattern}: a flat-layout pattern needs a {{subject}} placeholder."])
+        first_key, first_pattern = next(iter(keys.items()))
+        regex = re.compile(re.escape(first_pattern).replace(re.escape("{subject}"), "(?P<subject>.+?)") + "$")
+        subjects = sorted(m.group("subject") for p in root.iterdir() if (m := regex.match(p.name)))
+        if not subjects:
+            raise DatalistError([f"--key {first_key}={first_pattern}: no file in {root} matches."])
+        for subject in subjects:
+            entry = {"subject": subject}
+            for key, pattern in keys.items():
+                path = root / pattern.format(subject=subject)
+                if path.exists():
+                    entry[key] = path
+                else:
+                    problems.append(f"{subject}: key '{key}': {path} does not exist")
+            entries[subject] = entry
+    else:
+        raise DatalistError([f"--layout {layout!r}: expected 'bids' or 'flat'."])
+    return entries, problems
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(array with channels last or none, 4×4 RAS affine) through MONAI's readers."""
+    from monai.data import ITKReader, NibabelReader
+    from monai.transforms import LoadImage
+
+    reader = NibabelReader() if path.name.lower().endswith((".nii", ".nii.gz")) else ITKReader()
+    image = LoadImage(reader=reader, image_only=True)(str(path))
+    return np.asarray(image), np.asarray(image.affine, dtype=np.float64)
+
+
+def _digest(path: Path) -> str:
+    digest = hashlib.sha1()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        with open(file, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def validate_subjects(
+    entries: Mapping[str, Mapping], mask_keys: Sequence[str] = ("mask",), affine_tol: float = 1e-2
+) -> list[str]:
+    """All problems of the found files: unreadable, non-finite, empty masks, shape/affine mismatches, duplicates."""
+    problems = []
+    seen: dict[str, str] = {}
+    for entry_id, entry in entries.items():
+        reference = None
+        for key, path in entry.items():
+            if key == "subject":
+                continue
+            path = Path(path)
+            label = f"{entry_id}: key '{key}': {path}"
+            digest = _digest(path)
+            if digest in seen:
+                problems.append(f"{label}: same content as {seen[digest]} (duplicated subject or file)")
+                continue
+            seen[digest] = label
+            try:
+                array, affine = _load(path)
+            except Exception as error:  # any reader failure is reported with its file
+                problems.append(f"{label}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+                continue
+            spatial = array.shape[-3:] if array.ndim >= 3 else array.shape
+            if not np.isfinite(array).all():
+                problems.append(f"{label}: {int((~np.isfinite(array)).sum())} non-finite values (NaN or inf)")
+            if key in mask_keys and not (array > 0).any():
+                problems.append(f"{label}: the mask is empty")
+            if reference is None:
+                reference = (key, spatial, affine)
+            elif spatial != reference[1]:
+                problems.append(f"{label}: shape {spatial} differs from '{reference[0]}' {reference[1]}")
+            elif not np.allclose(affine, reference[2], atol=affine_tol):
+                worst = float(np.abs(affine - reference[2]).max())
+                problems.append(
+                    f"{label}: affine differs from '{reference[0]}' by up to {worst:.3g} mm (tolerance {affine_tol})"
+                )
+    return problems
+
+
+def build_datalist(
+    root: str | Path,
+    out: str | Path,
+    keys: Mapping[str, str] | None = None,
+    layout: str = "bids",
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    mask_keys: Sequence[str] = ("mask",),
+    affine_tol: float = 1e-2,
+) -> Path:
+    """Find, validate, split and write; raises ``DatalistError`` listing every problem (and writes nothing)."""
+    keys = dict(BIDS_KEYS if keys is None and layout == "bids" else keys or {})
+    if not keys:
+        raise DatalistError(["no --key given: name at least one modality, e.g. --key t1w='{subject}_T1w.nii.gz'."])
+    entries, problems = find_subjects(root, keys, layout)
+    problems += validate_subjects({k: v for k, v in entries.items() if set(keys) <= set(v)}, mask_keys, affine_tol)
+    if problems:
+        raise DatalistError(problems)
+    out = Path(out).absolute()
+    split = split_subjects([e["subject"] for e in entries.values()], seed, fractions)
+    part_of = {subject: part for part, subjects in split.items() for subject in subjects}
+
+    def relative(entry: Mapping) -> dict:
+        return {k: v if k == "subject" else os.path.relpath(Path(v).absolute(), out.parent) for k, v in entry.items()}
+
+    datalist = {
+        "name": Path(root).absolute().name,
+        "root": str(Path(root).absolute()),
+        "layout": layout,
+        "seed": seed,
+        "keys": keys,
+        **{
+            part: [relative(e) | {"id": i} for i, e in sorted(entries.items()) if part_of[e["subject"]] == part]
+            for part in split
+        },
+    }
+    return atomic_write_json(out, datalist)
+
+
+def _parse_key(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"--key {text!r}: expected NAME=PATTERN, e.g. t1w='{{subject}}_T1w.nii.gz'")
+    name, pattern = text.split("=", 1)
+    return name.strip(), pattern.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m custom_nets.datalist",
+        description="Build a validated MONAI datalist (training/validation/test by subject) from a folder.",
+    )
+    parser.add_argument("--root", required=True, help="the data folder")
+    parser.add_argument("--out", help="datalist file (default ROOT/datalist.json)")
+    parser.add_argument("--layout", choices=("bids", "flat"), default="bids")
+    parser.add_argument("--key", type=_parse_key, action="append", default=[], help="NAME=PATTERN, repeatable")
+    parser.add_argument("--mask-key", action="append", default=None, help="keys that are masks (default: mask)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    parser.add_argument("--affine-tol", type=float, default=1e-2, help="largest affine difference in mm")
+    args = parser.parse_args(argv)
+    out = Path(args.out) if args.out else Path(args.root) / "datalist.json"
+    try:
+        path = build_datalist(
+            args.root,
+            out,
+            dict(args.key) or None,
+            args.layout,
+            args.seed,
+            tuple(args.split),
+            args.mask_key or ["mask"],
+            args.affine_tol,
+        )
+    except (DatalistError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+from monai.data import load_decathlon_datalist
+
+from custom_nets.datalist import DatalistError, build_datalist
+from custom_nets.datalist import main as datalist_cli
+
+KEYS = {
+    "t1w": "anat/*_T1w.nii.gz",
+    "flair": "anat/*_FLAIR.nii.gz",
+    "mask": "anat/*_mask.nii.gz",
+    "pet": "pet/*_pet.nii.gz",
+}
+AFFINE = np.diag([2.0, 2.0, 2.0, 1.0])
+
+
+def _save(path, array, affine=AFFINE):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(np.asarray(array, dtype=np.float32), affine), str(path))
+
+
+def _bids(root, subjects=("sub-01", "sub-02", "sub-03", "sub-04"), sessions=None, seed=0):
+    rng = np.random.default_rng(seed)
+    for subject in subjects:
+        for session in (sessions or {}).get(subject, [None]):
+            folder = root / subject / session if session else root / subject
+            stem = f"{subject}_{session}" if session else subject
+            for key, pattern in KEYS.items():
+                datatype, suffix = pattern.split("/*_")
+                data = (rng.random((8, 8, 8)) > 0.3) if key == "mask" else rng.random((8, 8, 8))
+                _save(folder / datatype / f"{stem}_{suffix}", data)
+    return root
+
+
+def test_bids_layout_with_sessions(tmp_path):
+    root = _bids(tmp_path / "data", sessions={"sub-02": ["ses-1", "ses-2"]})
+    out = build_datalist(root, tmp_path / "lists" / "datalist.json", KEYS, seed=3)
+    datalist = json.loads(out.read_text())
+    entries = [e for part in ("training", "validation", "test") for e in datalist[part]]
+    assert sorted(e["id"] for e in entries) == ["sub-01", "sub-02_ses-1", "sub-02_ses-2", "sub-03", "sub-04"]
+    # both sessions of sub-02 fall in the same list (the split is by subject)
+    parts = {part for part in ("training", "validation", "test") for e in datalist[part] if e["subject"] == "sub-02"}
+    assert len(parts) == 1
+    loaded = load_decathlon_datalist(str(out), data_list_key="training")
+    assert loaded and all(np.asarray(nib.load(e["t1w"]).dataobj).shape == (8, 8, 8) for e in loaded)
+
+
+def test_flat_layout_with_itk_formats(tmp_path):
+    itk = pytest.importorskip("itk")
+    rng = np.random.default_rng(0)
+    for subject in ("a1", "b2", "c3"):
+        for name in (f"{subject}_t1.mha", f"{subject}_flair.nrrd"):
+            image = itk.image_from_array(rng.random((8, 8, 8)).astype(np.float32))
+            image.SetSpacing([2.0, 2.0, 2.0])
+            itk.imwrite(image, str(tmp_path / name))
+    keys = {"t1w": "{subject}_t1.mha", "flair": "{subject}_flair.nrrd"}
+    out = build_datalist(tmp_path, tmp_path / "datalist.json", keys, layout="flat")
+    datalist = json.loads(out.read_text())
+    assert sorted(e["subject"] for p in ("training", "validation", "test") for e in datalist[p]) == ["a1", "b2", "c3"]
+
+
+def _break_missing(root):
+    (root / "sub-02/pet/sub-02_pet.nii.gz").unlink()
+    return "sub-02", "pet"
+
+
+def _break_unreadable(root):
+    (root / "sub-03/anat/sub-03_FLAIR.nii.gz").write_bytes(b"not an image")
+    return "sub-03", "flair"
+
+
+def _break_shape(root):
+    _save(root / "sub-01/pet/sub-01_pet.nii.gz", np.ones((8, 8, 6)))
+    return "sub-01", "pet"
+
+
+def _break_affine(root):
+    shifted = AFFINE.copy()
+    shifted[0, 3] = 1.0
+    _save(root / "sub-04/anat/sub-04_FLAIR.nii.gz", np.random.default_rng(9).random((8, 8, 8)), shifted)
+    return "sub-04", "flair"
+
+
+def _break_nan(root):
+    data = np.random.default_rng(5).random((8, 8, 8))
+    data[2, 2, 2] = np.nan
+    _save(root / "sub-02/anat/sub-02_T1w.nii.gz", data)
+    return "sub-02", "t1w"
+
+
+def _break_empty_mask(root):
+    _save(root / "sub-01/anat/sub-01_mask.nii.gz", np.zeros((8, 8, 8)))
+    return "sub-01", "mask"
+
+
+def _break_duplicate(root):
+    source = root / "sub-01/anat/sub-01_T1w.nii.gz"
+    (root / "sub-03/anat/sub-03_T1w.nii.gz").write_bytes(source.read_bytes())
+    return "sub-03", "t1w"
+
+
+def _break_ambiguous(root):
+    _save(root / "sub-04/anat/sub-04_run-2_T1w.nii.gz", np.random.default_rng(6).random((8, 8, 8)))
+    return "sub-04", "t1w"
+
+
+@pytest.mark.parametrize(
+    "breaker, message",
+    [
+        (_break_missing, "no file matches"),
+        (_break_unreadable, "cannot be read"),
+        (_break_shape, "shape"),
+        (_break_affine, "affine differs"),
+        (_break_nan, "non-finite"),
+        (_break_empty_mask, "mask is empty"),
+        (_break_duplicate, "same content"),
+        (_break_ambiguous, "2 files match"),
+    ],
+)
+def test_each_problem_is_named_and_nothing_is_written(breaker, message, tmp_path):
+    root = _bids(tmp_path / "data")
+    subject, key = breaker(root)
+    out = tmp_path / "datalist.json"
+    with pytest.raises(DatalistError) as error:
+        build_datalist(root, out, KEYS)
+    lines = [line for line in error.value.problems if message in line]
+    assert len(lines) == 1, error.value.problems
+    assert lines[0].startswith(subject) and f"'{key}'" in lines[0]
+    assert not out.exists() and not list(tmp_path.glob(".datalist*"))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--layout", "flat", "--key", "t1w=T1w.nii.gz"], "{subject} placeholder"),
+        (["--key", "t1w=anat/*_T2w.nii.gz"], "no file matches"),
+    ],
+)
+def test_cli_errors(argv, message, tmp_path, capsys):
+    _bids(tmp_path)
+    assert datalist_cli(["--root", str(tmp_path)] + argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "datalist.json").exists()
+
+
+def test_cli_rejects_a_key_without_pattern(tmp_path):
+    with pytest.raises(SystemExit):
+        datalist_cli(["--root", str(tmp_path), "--key", "t1w"])
+
+
+def test_cli_reports_and_writes_nothing_for_a_bad_root(tmp_path, capsys):
+    assert datalist_cli(["--root", str(tmp_path / "nowhere")]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert datalist_cli(["--root", str(tmp_path / "empty")]) == 2
+    assert "no sub-* folders" in capsys.readouterr().err
+
+
+def test_cli_writes_default_path(tmp_path):
+    root = _bids(tmp_path)
+    args = ["--root", str(root)] + [f"--key={k}={v}" for k, v in KEYS.items()]
+    assert datalist_cli(args) == 0
+    assert (root / "datalist.json").is_file()
