@@ -48,7 +48,7 @@ def main() -> None:
                 atomic_save_nifti(os.path.join(folder, f"{index}_{name}.nii.gz"), volume, template.affine)
             write.append(time.perf_counter() - start)
     synth_s, write_s = float(np.median(synth)), float(np.median(write))
-    print(f"| resolution | grid | template (once) | synthesis / subject | + writing 7 NIfTI.gz | subjects / s |")
+    print("| resolution | grid | template (once) | synthesis / subject | + writing 7 NIfTI.gz | subjects / s |")
     print("|---|---|---|---|---|---|")
     print(
         f"| {args.resolution} mm | {'×'.join(map(str, template.shape))} | {template_s:.1f} s | {synth_s:.2f} s "
