@@ -13,7 +13,11 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
+DATA ?= data/synthetic
+
 demo: $(STAMP)
+	$(PY) -m custom_nets.phantom --out $(DATA) --subjects 12 --seed 0
+	$(PY) -m custom_nets.phantom.check $(DATA)
 	$(PY) -m custom_nets.showcase
 
 test: $(STAMP)
