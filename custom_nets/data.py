@@ -1,0 +1,68 @@
+# Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Datalist → training items, validated at the entry point (the bundle's dataset ``data``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["load_items"]
+
+
+def load_items(
+    datalist: str | Path,
+    split: str,
+    input_keys: Sequence[str],
+    target_key: str | None = None,
+    mask_key: str | None = "mask",
+    base_dir: str | Path | None = None,
+    limit: int | None = None,
+) -> list[dict]:
+    """Items ``{"image": [input files], "label": target file, "mask": mask file, "id": subject}`` of one split.
+
+    Raises a ValueError naming the datalist, split, entry and key when a key is missing, or a FileNotFoundError naming
+    the file when a path does not exist. ``mask_key`` is used when present in an entry (the transforms derive a mask
+    otherwise); ``base_dir`` defaults to the datalist's folder.
+    """
+    datalist = Path(datalist)
+    if not datalist.is_file():
+        raise FileNotFoundError(
+            f"datalist {datalist} not found (generate one with python -m custom_nets.phantom or "
+            "python -m custom_nets.datalist)."
+        )
+    content = json.loads(datalist.read_text())
+    if split not in content:
+        raise ValueError(f"datalist {datalist} has no '{split}' list (it has: {sorted(content)}).")
+    if not content[split]:
+        raise ValueError(f"datalist {datalist}: the '{split}' list is empty.")
+    base = Path(base_dir) if base_dir is not None else datalist.parent
+    if isinstance(input_keys, str):
+        input_keys = [input_keys]
+    items = []
+    for index, entry in enumerate(content[split][:limit]):
+        name = entry.get("subject", entry.get("id", f"entry {index}"))
+        needed = list(input_keys) + ([target_key] if target_key else [])
+        missing = [key for key in needed if key not in entry]
+        if missing:
+            raise ValueError(
+                f"datalist {datalist}, '{split}' entry {name}: missing key(s) {missing}; the entry has {sorted(entry)}. "
+                "Set input_keys / target_key to keys the datalist has."
+            )
+
+        def path(key: str) -> str:
+            file = Path(entry[key])
+            file = file if file.is_absolute() else base / file
+            if not file.exists():
+                raise FileNotFoundError(
+                    f"datalist {datalist}, '{split}' entry {name}, key '{key}': {file} does not exist."
+                )
+            return str(file)
+
+        item = {"image": [path(k) for k in input_keys], "id": str(name)}
+        if target_key:
+            item["label"] = path(target_key)
+        if mask_key and mask_key in entry:
+            item["mask"] = path(mask_key)
+        items.append(item)
+    return items

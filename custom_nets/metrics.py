@@ -1,0 +1,110 @@
+# Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Brain-masked image-synthesis metrics: NRMSE, RMSE, PSNR and SSIM computed inside the brain mask only.
+
+Definitions (all on the target's scale, voxels where ``mask > 0``):
+    RMSE  = sqrt(mean((pred − target)²))
+    NRMSE = RMSE / (max(target) − min(target))        (range-normalised)
+    PSNR  = 20·log10(data_range / RMSE), data_range = max(target) − min(target) unless given
+    SSIM  = mean over mask voxels of the SSIM map (Gaussian window σ = 1.5 voxels, K1 = 0.01, K2 = 0.03)
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from monai.metrics import CumulativeIterationMetric
+from monai.utils import MetricReduction
+
+__all__ = ["masked_rmse", "masked_nrmse", "masked_psnr", "masked_ssim", "BrainMaskedMetric", "pred_and_label_with_mask"]
+
+
+def _checked(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    if pred.shape != target.shape:
+        raise ValueError(f"pred and target shapes differ: {tuple(pred.shape)} vs {tuple(target.shape)}.")
+    mask = mask.expand_as(target) > 0
+    if not mask.any():
+        raise ValueError("the brain mask is empty.")
+    return mask
+
+
+def masked_rmse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    mask = _checked(pred, target, mask)
+    return float(torch.sqrt(((pred.double() - target.double())[mask] ** 2).mean()))
+
+
+def masked_nrmse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    values = target[_checked(pred, target, mask)].double()
+    return masked_rmse(pred, target, mask) / max(float(values.max() - values.min()), 1e-12)
+
+
+def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float | None = None) -> float:
+    values = target[_checked(pred, target, mask)].double()
+    data_range = float(values.max() - values.min()) if data_range is None else data_range
+    return 20 * math.log10(data_range / max(masked_rmse(pred, target, mask), 1e-12))
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
+    """Separable Gaussian filter over the spatial dims of ``(B, C, *spatial)``, zero padding."""
+    coords = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(coords**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    spatial_dims = x.ndim - 2
+    conv = (F.conv1d, F.conv2d, F.conv3d)[spatial_dims - 1]
+    channels = x.shape[1]
+    for axis in range(spatial_dims):
+        shape = [channels, 1] + [1] * spatial_dims
+        shape[2 + axis] = kernel.numel()
+        padding = [0] * spatial_dims
+        padding[axis] = radius
+        x = conv(x, kernel.reshape(shape), padding=padding, groups=channels)
+    return x
+
+
+def masked_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float | None = None) -> float:
+    mask = _checked(pred, target, mask)
+    values = target[mask].double()
+    data_range = float(values.max() - values.min()) if data_range is None else data_range
+    x, y = pred.double(), target.double()
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = _gaussian_blur(x), _gaussian_blur(y)
+    var_x = _gaussian_blur(x * x) - mu_x**2
+    var_y = _gaussian_blur(y * y) - mu_y**2
+    cov = _gaussian_blur(x * y) - mu_x * mu_y
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return float(ssim_map[mask].mean())
+
+
+METRICS = {"rmse": masked_rmse, "nrmse": masked_nrmse, "psnr": masked_psnr, "ssim": masked_ssim}
+
+
+class BrainMaskedMetric(CumulativeIterationMetric):
+    """A MONAI cumulative metric (for ``IgniteMetricHandler``) of one of ``METRICS`` inside the brain mask.
+
+    ``y`` carries the mask as its last channel: ``y = cat([target, mask], dim=1)`` (see ``pred_and_label_with_mask``).
+    """
+
+    def __init__(self, metric: str = "rmse", data_range: float | None = None) -> None:
+        super().__init__()
+        if metric not in METRICS:
+            raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}.")
+        self.metric, self.data_range = metric, data_range
+
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore
+        target, mask = y[:, :-1], y[:, -1:]
+        kwargs = {"data_range": self.data_range} if self.metric in ("psnr", "ssim") and self.data_range else {}
+        values = [METRICS[self.metric](p[None], t[None], m[None], **kwargs) for p, t, m in zip(y_pred, target, mask)]
+        return torch.tensor(values, dtype=torch.float64).reshape(-1, 1)
+
+    def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:
+        data = self.get_buffer()
+        return data.float().mean() if isinstance(data, torch.Tensor) else torch.tensor(float("nan"))
+
+
+def pred_and_label_with_mask(output) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Output transform for an evaluator: ``(pred list, [cat(label, mask)] list)`` from decollated items."""
+    items = output if isinstance(output, list) else [output]
+    preds = [item["pred"] for item in items]
+    labels = [torch.cat([item["label"], item["mask"].to(item["label"].dtype)], dim=0) for item in items]
+    return preds, labels

@@ -1,0 +1,222 @@
+# Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
+"""The conditional-GAN training step of SC-GAN as a MONAI ``Trainer``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+from monai.engines import Trainer
+from monai.engines.utils import IterationEvents, default_metric_cmp_fn
+from monai.losses import PatchAdversarialLoss
+from monai.utils import CommonKeys
+from torch import nn
+
+from custom_nets.losses import FeatureMatchingLoss, MaskedRMSELoss
+from custom_nets.precision import autocast_dtype
+
+__all__ = ["ConditionalGanTrainer", "GanKeys"]
+
+
+class GanKeys:
+    G_LOSS, D_LOSS, ADV, FM, L1, RMSE, D_REAL, D_FAKE = (
+        "g_loss",
+        "d_loss",
+        "adv",
+        "fm",
+        "l1",
+        "rmse",
+        "d_real",
+        "d_fake",
+    )
+
+
+def prepare_batch_with_mask(batchdata: dict, device: torch.device, non_blocking: bool = False, **kwargs):
+    """``(image, label, mask)`` on ``device``; the mask is all ones when the batch has none."""
+    image = batchdata[CommonKeys.IMAGE].to(device, non_blocking=non_blocking, **kwargs)
+    label = batchdata[CommonKeys.LABEL].to(device, non_blocking=non_blocking, **kwargs)
+    mask = batchdata.get("mask")
+    mask = torch.ones_like(label[:, :1]) if mask is None else mask.to(device, non_blocking=non_blocking, **kwargs)
+    return image, label, mask
+
+
+class ConditionalGanTrainer(Trainer):
+    """Paired conditional-GAN training of SC-GAN (Lan, Toga, Sepehrband, Magn. Reson. Med. 86(3), 2021), after
+    pix2pix. MONAI's ``GanTrainer`` feeds G random latents and never shows D the (input, output) pair, hence this class.
+
+    One iteration, for a batch of inputs ``x`` (B, C_in, *patch), targets ``y`` (B, C_out, *patch) and brain masks ``m``:
+
+    1. ``fake = G(x)`` (autocast to bf16/fp16 when ``amp`` and the device supports it).
+    2. Train D ``d_steps`` times: adversarial loss on ``D(cat[x, y])`` as real and ``D(cat[x, fake.detach()])`` as
+       fake, averaged (D always runs in fp32: a PatchGAN under bf16 went NaN in a prototype).
+    3. Train G: ``λ_adv·adv(D(cat[x, fake]))`` + ``λ_fm·L1(D features on the fake pair, on the real pair)`` +
+       ``λ_l1·L1(fake, y)`` + ``λ_rmse·RMSE inside m`` (the paper's code: λ_l1 = λ_rmse = 200).
+    4. Put every loss term into ``engine.state.output`` with ``image``, ``label``, ``pred`` and ``mask``, and fire
+       ``IterationEvents.MODEL_COMPLETED``.
+
+    With ``d_network=None`` the trainer fits G alone (the paper's 3D U-Net baseline: L1 + brain RMSE). Setting a weight
+    to 0 drops its term (the ablations: no adversarial loss, no feature matching, no brain RMSE).
+
+    Args:
+        device: where to train.
+        max_epochs: epochs.
+        train_data_loader: loader of dicts with ``image``, ``label`` and optionally ``mask``.
+        g_network, g_optimizer: the generator and its optimiser.
+        d_network, d_optimizer: the discriminator (returns [features..., logits]) and its optimiser, or ``None``.
+        adversarial_criterion: ``"least_squares"`` (default), ``"bce"`` or ``"hinge"`` (MONAI ``PatchAdversarialLoss``).
+        lambda_adv, lambda_fm, lambda_l1, lambda_rmse: loss weights.
+        d_steps: discriminator updates per generator update.
+        amp: mixed precision for G (CUDA autocast with gradient scaling; bf16 autocast on CPUs with native bf16).
+        train_handlers: ignite/MONAI handlers.
+        epoch_length, non_blocking, iteration_update, postprocessing, key_train_metric, additional_metrics,
+        metric_cmp_fn, event_names, event_to_attr, decollate, to_kwargs: as MONAI's ``Trainer``.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        max_epochs: int,
+        train_data_loader: Iterable,
+        g_network: nn.Module,
+        g_optimizer: torch.optim.Optimizer,
+        d_network: nn.Module | None = None,
+        d_optimizer: torch.optim.Optimizer | None = None,
+        adversarial_criterion: str = "least_squares",
+        lambda_adv: float = 1.0,
+        lambda_fm: float = 10.0,
+        lambda_l1: float = 200.0,
+        lambda_rmse: float = 200.0,
+        d_steps: int = 1,
+        amp: bool = False,
+        train_handlers: Sequence | None = None,
+        epoch_length: int | None = None,
+        non_blocking: bool = False,
+        iteration_update: Callable | None = None,
+        postprocessing: Callable | None = None,
+        key_train_metric: dict | None = None,
+        additional_metrics: dict | None = None,
+        metric_cmp_fn: Callable = default_metric_cmp_fn,
+        event_names: list | None = None,
+        event_to_attr: dict | None = None,
+        decollate: bool = False,
+        to_kwargs: dict | None = None,
+    ) -> None:
+        if (d_network is None) != (d_optimizer is None):
+            raise ValueError("give d_network and d_optimizer together, or neither (generator-only training).")
+        if d_steps < 1:
+            raise ValueError(f"d_steps must be at least 1, got {d_steps}.")
+        for name, value in (
+            ("lambda_adv", lambda_adv),
+            ("lambda_fm", lambda_fm),
+            ("lambda_l1", lambda_l1),
+            ("lambda_rmse", lambda_rmse),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be non-negative, got {value}.")
+        super().__init__(
+            device=device,
+            max_epochs=max_epochs,
+            data_loader=train_data_loader,
+            epoch_length=epoch_length,
+            non_blocking=non_blocking,
+            prepare_batch=prepare_batch_with_mask,
+            iteration_update=iteration_update,
+            postprocessing=postprocessing,
+            key_metric=key_train_metric,
+            additional_metrics=additional_metrics,
+            metric_cmp_fn=metric_cmp_fn,
+            handlers=train_handlers,
+            amp=False,  # the trainer handles precision itself (G only)
+            event_names=event_names,
+            event_to_attr=event_to_attr,
+            decollate=decollate,
+            to_kwargs=to_kwargs,
+        )
+        self.g_network, self.g_optimizer = g_network, g_optimizer
+        self.d_network, self.d_optimizer = d_network, d_optimizer
+        # MONAI handlers and MONAI Label look for engine.network / engine.optimizer
+        self.network, self.optimizer = g_network, g_optimizer
+        self.adversarial_loss = PatchAdversarialLoss(criterion=adversarial_criterion, reduction="mean")
+        self.feature_matching = FeatureMatchingLoss()
+        self.masked_rmse = MaskedRMSELoss()
+        self.lambda_adv, self.lambda_fm, self.lambda_l1, self.lambda_rmse = (
+            lambda_adv,
+            lambda_fm,
+            lambda_l1,
+            lambda_rmse,
+        )
+        self.d_steps = d_steps
+        self.use_gan = d_network is not None and (lambda_adv > 0 or lambda_fm > 0)
+        device_type = torch.device(device).type
+        self.amp_dtype = autocast_dtype(device) if amp else None
+        self.device_type = device_type
+        scale = self.amp_dtype == torch.float16
+        self.g_scaler = torch.amp.GradScaler(device_type, enabled=scale) if device_type == "cuda" else None
+
+    def _autocast(self):
+        return torch.autocast(
+            self.device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
+        )
+
+    def _iteration(self, engine: ConditionalGanTrainer, batchdata: dict) -> dict:
+        if batchdata is None:
+            raise ValueError("must provide batch data for current iteration.")
+        real_a, real_b, mask = engine.prepare_batch(
+            batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs
+        )
+        engine.g_network.train()
+        with engine._autocast():
+            fake_b = engine.g_network(real_a)  # G(A)
+        fake_b32 = fake_b.float()
+        losses: dict[str, torch.Tensor] = {}
+
+        # Train Discriminator
+        if engine.use_gan:
+            engine.d_network.train()
+            for _ in range(engine.d_steps):
+                engine.d_optimizer.zero_grad(set_to_none=True)
+                real_logits = engine.d_network(torch.cat((real_a, real_b), dim=1))[-1]  # D(A, B)
+                fake_logits = engine.d_network(torch.cat((real_a, fake_b32.detach()), dim=1))[-1]  # D(A, G(A))
+                d_real = engine.adversarial_loss(real_logits, target_is_real=True, for_discriminator=True)
+                d_fake = engine.adversarial_loss(fake_logits, target_is_real=False, for_discriminator=True)
+                d_loss = 0.5 * (d_real + d_fake)
+                d_loss.backward()
+                engine.d_optimizer.step()
+            losses.update({GanKeys.D_LOSS: d_loss, GanKeys.D_REAL: d_real, GanKeys.D_FAKE: d_fake})
+
+        # Train Generator
+        engine.g_optimizer.zero_grad(set_to_none=True)
+        g_loss = torch.zeros((), device=fake_b32.device)
+        if engine.use_gan:
+            engine.d_network.requires_grad_(False)  # D needs no parameter gradients while G is optimised
+            fake_out = engine.d_network(torch.cat((real_a, fake_b32), dim=1))  # D(A, G(A)), gradients flow to G
+            adv = engine.adversarial_loss(fake_out[-1], target_is_real=True, for_discriminator=False)
+            with torch.no_grad():
+                real_features = engine.d_network(torch.cat((real_a, real_b), dim=1))[:-1]
+            fm = engine.feature_matching(fake_out[:-1], real_features)
+            g_loss = g_loss + engine.lambda_adv * adv + engine.lambda_fm * fm
+            losses.update({GanKeys.ADV: adv, GanKeys.FM: fm})
+        l1 = torch.mean(torch.abs(fake_b32 - real_b))
+        rmse = engine.masked_rmse(fake_b32, real_b, mask)
+        g_loss = g_loss + engine.lambda_l1 * l1 + engine.lambda_rmse * rmse
+        losses.update({GanKeys.L1: l1, GanKeys.RMSE: rmse, GanKeys.G_LOSS: g_loss})
+        if engine.g_scaler is not None:
+            engine.g_scaler.scale(g_loss).backward()
+            engine.g_scaler.step(engine.g_optimizer)
+            engine.g_scaler.update()
+        else:
+            g_loss.backward()
+            engine.g_optimizer.step()
+        if engine.use_gan:
+            engine.d_network.requires_grad_(True)
+
+        engine.state.output = {
+            CommonKeys.IMAGE: real_a,
+            CommonKeys.LABEL: real_b,
+            CommonKeys.PRED: fake_b32.detach(),
+            "mask": mask,
+            CommonKeys.LOSS: g_loss.item(),
+            **{key: value.item() for key, value in losses.items()},
+        }
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output
