@@ -6,7 +6,10 @@ from custom_nets.networks import (
     SCGANDiscriminator,
     SCGANGenerator,
     SelfAttention3d,
+    SliceWise,
     bake_spectral_norm,
+    build_discriminator,
+    build_generator,
 )
 
 __version__ = "0.1.0"
@@ -18,4 +21,7 @@ __all__ = [
     "GENERATOR_PRESETS",
     "DISCRIMINATOR_PRESETS",
     "bake_spectral_norm",
+    "SliceWise",
+    "build_generator",
+    "build_discriminator",
 ]

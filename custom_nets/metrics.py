@@ -103,8 +103,13 @@ class BrainMaskedMetric(CumulativeIterationMetric):
 
 
 def pred_and_label_with_mask(output) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """Output transform for an evaluator: ``(pred list, [cat(label, mask)] list)`` from decollated items."""
+    """Output transform for an evaluator: ``(pred list, [cat(label, mask)] list)`` from decollated items.
+
+    The mask is read from ``pred_mask`` (copied into the output by the postprocessing, since MONAI keeps batch keys
+    such as ``mask`` out of the engine output) or else from ``mask``."""
     items = output if isinstance(output, list) else [output]
     preds = [item["pred"] for item in items]
-    labels = [torch.cat([item["label"], item["mask"].to(item["label"].dtype)], dim=0) for item in items]
+    labels = [
+        torch.cat([item["label"], item.get("pred_mask", item.get("mask")).to(item["label"].dtype)], dim=0) for item in items
+    ]
     return preds, labels

@@ -55,6 +55,7 @@ class SCGANDiscriminator(nn.Module):
         n_power_iterations: spectral-norm power iterations per training step.
         attention_levels: levels (1-based) followed by self-attention.
         attention_pool: max-pool factor of keys and values (1 = full attention).
+        attention: ``False`` removes the attention (the paper's 3D cGAN).
     """
 
     def __init__(
@@ -72,6 +73,7 @@ class SCGANDiscriminator(nn.Module):
         n_power_iterations: int = 1,
         attention_levels: Sequence[int] = (3,),
         attention_pool: int = 2,
+        attention: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -83,6 +85,7 @@ class SCGANDiscriminator(nn.Module):
         if len(channels) < 1 or min(channels) < 1:
             raise ValueError(f"channels must be a non-empty sequence of positive ints, got {channels}.")
         depth = len(channels)
+        attention_levels = attention_levels if attention else ()
         bad = [level for level in attention_levels if not 1 <= level <= depth]
         if bad:
             raise ValueError(f"attention_levels must be within 1..{depth}, got {bad}.")

@@ -107,6 +107,7 @@ class SCGANGenerator(nn.Module):
         num_dropout_levels: how many of the deepest decoder layers get dropout.
         final_channels: channels of the last decoder layer; ``None`` uses ``in_channels`` as the paper's code.
         out_act: output activation: ``None`` (identity), ``"relu"``, ``"sigmoid"``, ``"tanh"`` or any MONAI name.
+        attention: ``False`` removes every attention site (the paper's 3D cGAN and no-attention ablation).
     """
 
     def __init__(
@@ -132,6 +133,7 @@ class SCGANGenerator(nn.Module):
         num_dropout_levels: int = 3,
         final_channels: int | None = None,
         out_act: str | tuple | None = None,
+        attention: bool = True,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -145,6 +147,8 @@ class SCGANGenerator(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
         depth = len(channels)
+        if not attention:
+            encoder_attention_levels, decoder_attention_levels, output_attention = (), (), False
         self.spatial_dims = spatial_dims
         self.depth = depth
         self.strides = as_tuple(strides, depth, "strides")
