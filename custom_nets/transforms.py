@@ -52,11 +52,12 @@ class DeriveBrainMaskd(MapTransform):
 
 
 def _like(reference, array: torch.Tensor):
-    """``array`` as a MetaTensor with ``reference``'s meta (affine) when it has one."""
+    """``array`` as a MetaTensor with ``reference``'s meta (affine, applied operations) when it has one."""
     from monai.data import MetaTensor
 
     if isinstance(reference, MetaTensor):
-        return MetaTensor(array, affine=reference.affine, meta=dict(reference.meta))
+        # keep the applied operations too, so that Invertd can undo the orientation change at inference
+        return MetaTensor(array, affine=reference.affine, meta=dict(reference.meta), applied_operations=list(reference.applied_operations))
     return array
 
 
