@@ -16,9 +16,7 @@ $(STAMP): setup.cfg pyproject.toml
 DATA ?= data/synthetic
 
 demo: $(STAMP)
-	$(PY) -m custom_nets.phantom --out $(DATA) --subjects 12 --seed 0
-	$(PY) -m custom_nets.phantom.check $(DATA)
-	$(PY) -m custom_nets.showcase
+	$(PY) -m custom_nets.demo --data $(DATA)
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -39,7 +39,9 @@ class TimeBudget:
     def _check(self, engine: Engine) -> None:
         elapsed = time.perf_counter() - self.start
         if elapsed >= self.seconds:
-            logger.info(f"time budget of {self.seconds / 60:.1f} min reached after epoch {engine.state.epoch}: stopping")
+            logger.info(
+                f"time budget of {self.seconds / 60:.1f} min reached after epoch {engine.state.epoch}: stopping"
+            )
             engine.terminate()
 
 

@@ -110,6 +110,7 @@ def pred_and_label_with_mask(output) -> tuple[list[torch.Tensor], list[torch.Ten
     items = output if isinstance(output, list) else [output]
     preds = [item["pred"] for item in items]
     labels = [
-        torch.cat([item["label"], item.get("pred_mask", item.get("mask")).to(item["label"].dtype)], dim=0) for item in items
+        torch.cat([item["label"], item.get("pred_mask", item.get("mask")).to(item["label"].dtype)], dim=0)
+        for item in items
     ]
     return preds, labels

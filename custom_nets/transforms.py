@@ -57,7 +57,12 @@ def _like(reference, array: torch.Tensor):
 
     if isinstance(reference, MetaTensor):
         # keep the applied operations too, so that Invertd can undo the orientation change at inference
-        return MetaTensor(array, affine=reference.affine, meta=dict(reference.meta), applied_operations=list(reference.applied_operations))
+        return MetaTensor(
+            array,
+            affine=reference.affine,
+            meta=dict(reference.meta),
+            applied_operations=list(reference.applied_operations),
+        )
     return array
 
 

@@ -1,0 +1,215 @@
+"""The bundle's workflows on tiny synthetic data (32³ crops of phantom subjects, 16³ patches, shallow networks)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.bundle import ConfigWorkflow
+
+from custom_nets.phantom import MODALITIES, generate_dataset
+
+BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
+CONFIGS = BUNDLE / "configs"
+TASKS = ["pet", "fa", "md", "sr"]
+MODELS = sorted(p.stem for p in (CONFIGS / "models").glob("*.json"))
+TINY = {
+    "network_def#channels": [8, 16, 16],
+    "network_def#encoder_attention_levels": [2],
+    "network_def#decoder_attention_levels": [1],
+    "network_def#output_attention_stride": 4,
+    "patch_size": [16, 16, 16],
+    "sw_batch_size": 2,
+}
+TINY_TRAIN = {**TINY, "discriminator_def#channels": [8, 8, 16, 16], "epochs": 1, "batch_size": 1, "num_samples": 1}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Five phantom subjects cropped to a central 32³ block (3 training, 1 validation, 1 test)."""
+    out = tmp_path_factory.mktemp("bundle_data")
+    generate_dataset(out, subjects=5, seed=11, progress=False)
+    for folder in out.glob("sub-*"):
+        for modality in MODALITIES:
+            path = folder / f"{folder.name}_{modality}.nii.gz"
+            image = nib.load(str(path))
+            start = np.array([34, 42, 32])
+            block = np.asanyarray(image.dataobj)[34:66, 42:74, 32:64]
+            affine = image.affine.copy()
+            affine[:3, 3] = image.affine[:3, :3] @ start + image.affine[:3, 3]
+            nib.save(nib.Nifti1Image(block, affine), str(path))
+    return out
+
+
+def _workflow(config: str, overlays: list[str], workflow_type: str, **overrides) -> ConfigWorkflow:
+    files = [str(CONFIGS / config)] + [str(CONFIGS / o) for o in overlays]
+    workflow = ConfigWorkflow(
+        config_file=files,
+        meta_file=str(CONFIGS / "metadata.json"),
+        workflow_type=workflow_type,
+        logging_file=str(CONFIGS / "logging.conf"),
+        **overrides,
+    )
+    workflow.initialize()
+    return workflow
+
+
+def _train(data_dir, root, overlays=(), **overrides):
+    workflow = _workflow(
+        "train.json",
+        list(overlays),
+        "train",
+        bundle_root=str(root),
+        dataset_dir=str(data_dir),
+        **{**TINY_TRAIN, **overrides},
+    )
+    workflow.run()
+    workflow.finalize()
+    return workflow
+
+
+def _messages(error: BaseException) -> str:
+    texts = []
+    while error is not None:
+        texts.append(str(error))
+        error = error.__cause__ or error.__context__
+    return "\n".join(texts)
+
+
+def test_properties_of_train_and_infer():
+    for config, kind in (("train.json", "train"), ("inference.json", "infer")):
+        workflow = ConfigWorkflow(
+            config_file=str(CONFIGS / config), workflow_type=kind, meta_file=str(CONFIGS / "metadata.json")
+        )
+        assert workflow.check_properties() == []
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_training_each_task(task, data_dir, tmp_path):
+    workflow = _train(data_dir, tmp_path, [f"tasks/{task}.json"])
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    output = trainer.state.output
+    assert {"g_loss", "d_loss", "adv", "fm", "l1", "rmse"} <= set(output)
+    assert all(np.isfinite(output[k]) for k in ("g_loss", "d_loss"))
+    weights = torch.load(tmp_path / "models" / f"model_{task}.pt", weights_only=True)
+    network = workflow.parser.get_parsed_content("network_def")
+    network.load_state_dict(weights)  # the released file is the generator's flat state dict
+    assert (tmp_path / "models" / f"resume_{task}.pt").is_file()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_training_each_comparison_model(model, data_dir, tmp_path):
+    workflow = _train(data_dir, tmp_path, ["tasks/fa.json", f"models/{model}.json"])
+    output = workflow.parser.get_parsed_content("train#trainer").state.output
+    assert np.isfinite(output["g_loss"])
+    assert ("d_loss" in output) == (model != "unet3d")
+    assert (tmp_path / "models" / "model_fa.pt").is_file()
+
+
+def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
+    first = _train(data_dir, tmp_path, ["tasks/pet.json"])
+    per_epoch = first.parser.get_parsed_content("train#trainer").state.iteration
+    second = _train(data_dir, tmp_path, ["tasks/pet.json"], epochs=2, resume=True)
+    trainer = second.parser.get_parsed_content("train#trainer")
+    assert trainer.state.epoch == 2 and trainer.state.iteration == 2 * per_epoch
+
+
+def test_evaluate_and_infer_keep_shape_and_affine(data_dir, tmp_path):
+    _train(data_dir, tmp_path, ["tasks/md.json"])
+    evaluate = _workflow(
+        "train.json",
+        ["evaluate.json", "tasks/md.json"],
+        "eval",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(data_dir),
+        **TINY_TRAIN,
+    )
+    evaluate.run()
+    assert (tmp_path / "eval" / "md" / "metrics.csv").is_file()
+    infer = _workflow(
+        "inference.json", ["tasks/md.json"], "infer", bundle_root=str(tmp_path), dataset_dir=str(data_dir), **TINY
+    )
+    infer.run()
+    outputs = sorted((tmp_path / "eval").glob("*_md.nii.gz"))
+    assert len(outputs) == 1
+    test_subject = outputs[0].name.split("_")[0]
+    source = nib.load(str(data_dir / test_subject / f"{test_subject}_t1w.nii.gz"))
+    synthesis = nib.load(str(outputs[0]))
+    assert synthesis.shape == source.shape and np.allclose(synthesis.affine, source.affine, atol=1e-4)
+    assert synthesis.get_data_dtype() == np.float32 and np.isfinite(synthesis.get_fdata()).all()
+
+
+def test_cli_training_and_torchrun_multi_gpu_overlay(data_dir, tmp_path):
+    args = []
+    for key, value in {**TINY_TRAIN, "bundle_root": str(tmp_path), "dataset_dir": str(data_dir)}.items():
+        args += [f"--{key}", str(value).replace(" ", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    single = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        f"['{CONFIGS / 'train.json'}','{CONFIGS / 'tasks/pet.json'}']",
+    ]
+    result = subprocess.run(single + args, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "models" / "model_pet.pt").is_file()
+    multi = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "training",
+        "--config_file",
+        f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}','{CONFIGS / 'tasks/fa.json'}']",
+    ]
+    result = subprocess.run(multi + args, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = torch.load(tmp_path / "models" / "model_fa.pt", weights_only=True)
+    assert not any(key.startswith("module.") for key in weights)  # saved without the DDP wrapper
+
+
+@pytest.mark.parametrize(
+    "overrides, breaker, message",
+    [
+        ({"target_key": "t2w"}, None, "missing key(s) ['t2w']"),
+        ({}, "delete", "is missing"),
+        ({"patch_size": [48, 48, 48]}, None, "smaller than patch_size"),
+        ({}, "empty_mask", "the brain mask is empty"),
+    ],
+)
+def test_bad_input_gets_a_clear_error(overrides, breaker, message, data_dir, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    datalist = json.loads((data / "datalist.json").read_text())
+    first = datalist["training"][0]
+    if breaker == "delete":
+        (data / first["pet"]).unlink()
+    if breaker == "empty_mask":
+        mask = data / first["mask"]
+        image = nib.load(str(mask))
+        nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), str(mask))
+    with pytest.raises(Exception) as error:
+        _train(data, tmp_path / "root", ["tasks/pet.json"], **overrides)
+    assert message in _messages(error.value)
+
+
+def test_unknown_task_in_the_demo(tmp_path):
+    from custom_nets.demo import run_demo
+
+    with pytest.raises(ValueError, match="unknown task 'ct'"):
+        run_demo(task="ct", data_dir=tmp_path)
