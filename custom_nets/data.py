@@ -46,8 +46,8 @@ def load_items(
         missing = [key for key in needed if key not in entry]
         if missing:
             raise ValueError(
-                f"datalist {datalist}, '{split}' entry {name}: missing key(s) {missing}; the entry has {sorted(entry)}. "
-                "Set input_keys / target_key to keys the datalist has."
+                f"datalist {datalist}, '{split}' entry {name}: missing key(s) {missing}; the entry has "
+                f"{sorted(entry)}. Set input_keys / target_key to keys the datalist has."
             )
 
         def path(key: str) -> str:

@@ -44,7 +44,7 @@ class ConditionalGanTrainer(Trainer):
     """Paired conditional-GAN training of SC-GAN (Lan, Toga, Sepehrband, Magn. Reson. Med. 86(3), 2021), after
     pix2pix. MONAI's ``GanTrainer`` feeds G random latents and never shows D the (input, output) pair, hence this class.
 
-    One iteration, for a batch of inputs ``x`` (B, C_in, *patch), targets ``y`` (B, C_out, *patch) and brain masks ``m``:
+    One iteration, for inputs ``x`` (B, C_in, *patch), targets ``y`` (B, C_out, *patch) and brain masks ``m``:
 
     1. ``fake = G(x)`` (autocast to bf16/fp16 when ``amp`` and the device supports it).
     2. Train D ``d_steps`` times: adversarial loss on ``D(cat[x, y])`` as real and ``D(cat[x, fake.detach()])`` as

@@ -59,7 +59,6 @@ def _like(reference, array: torch.Tensor):
         # keep the applied operations too, so that Invertd can undo the orientation change at inference
         return MetaTensor(
             array,
-            affine=reference.affine,
             meta=dict(reference.meta),
             applied_operations=list(reference.applied_operations),
         )

@@ -84,11 +84,9 @@ def _messages(error: BaseException) -> str:
     return "\n".join(texts)
 
 
-def test_properties_of_train_and_infer():
+def test_properties_of_train_and_infer(data_dir, tmp_path):
     for config, kind in (("train.json", "train"), ("inference.json", "infer")):
-        workflow = ConfigWorkflow(
-            config_file=str(CONFIGS / config), workflow_type=kind, meta_file=str(CONFIGS / "metadata.json")
-        )
+        workflow = _workflow(config, [], kind, bundle_root=str(tmp_path), dataset_dir=str(data_dir), **TINY)
         assert workflow.check_properties() == []
 
 
@@ -187,7 +185,7 @@ def test_cli_training_and_torchrun_multi_gpu_overlay(data_dir, tmp_path):
     "overrides, breaker, message",
     [
         ({"target_key": "t2w"}, None, "missing key(s) ['t2w']"),
-        ({}, "delete", "is missing"),
+        ({}, "delete", "sub-0001_pet.nii.gz does not exist"),
         ({"patch_size": [48, 48, 48]}, None, "smaller than patch_size"),
         ({}, "empty_mask", "the brain mask is empty"),
     ],
