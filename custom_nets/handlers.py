@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 class TimeBudget:
     """Stop training at the end of the first epoch that finishes after ``minutes`` (0 or less: no budget).
 
-    Checked at epoch end, after validation, so the best checkpoint of every finished epoch is kept."""
+    Checked at epoch end, after validation, so the best checkpoint of every finished epoch is kept. Under
+    torch.distributed rank 0's clock decides for all ranks."""
 
     def __init__(self, minutes: float = 0.0) -> None:
         self.seconds = float(minutes) * 60
@@ -37,8 +38,13 @@ class TimeBudget:
         self.start = time.perf_counter()
 
     def _check(self, engine: Engine) -> None:
-        elapsed = time.perf_counter() - self.start
-        if elapsed >= self.seconds:
+        stop = torch.tensor([float(time.perf_counter() - self.start >= self.seconds)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # every rank must stop at the same epoch, or the others would wait forever in the next all-reduce
+            backend = torch.distributed.get_backend()
+            stop = stop.cuda() if backend == "nccl" else stop
+            torch.distributed.broadcast(stop, src=0)
+        if stop.item() > 0:
             logger.info(
                 f"time budget of {self.seconds / 60:.1f} min reached after epoch {engine.state.epoch}: stopping"
             )

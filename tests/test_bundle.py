@@ -29,7 +29,14 @@ TINY = {
     "patch_size": [16, 16, 16],
     "sw_batch_size": 2,
 }
-TINY_TRAIN = {**TINY, "discriminator_def#channels": [8, 8, 16, 16], "epochs": 1, "batch_size": 1, "num_samples": 1}
+TINY_TRAIN = {
+    **TINY,
+    "discriminator_def#channels": [8, 8, 16, 16],
+    "epochs": 1,
+    "batch_size": 1,
+    "num_samples": 1,
+    "progress_bar": False,
+}
 
 
 @pytest.fixture(scope="module")
@@ -175,10 +182,14 @@ def test_cli_training_and_torchrun_multi_gpu_overlay(data_dir, tmp_path):
         "--config_file",
         f"['{CONFIGS / 'train.json'}','{CONFIGS / 'multi_gpu_train.json'}','{CONFIGS / 'tasks/fa.json'}']",
     ]
-    result = subprocess.run(multi + args, capture_output=True, text=True, env=env, timeout=600)
+    # two epochs with a tiny time budget: both ranks must stop together after the first (rank 0 decides)
+    budget = ["--epochs", "2", "--time_budget_minutes", "0.0001"]
+    result = subprocess.run(multi + args + budget, capture_output=True, text=True, env=env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     weights = torch.load(tmp_path / "models" / "model_fa.pt", weights_only=True)
     assert not any(key.startswith("module.") for key in weights)  # saved without the DDP wrapper
+    progress = torch.load(tmp_path / "models" / "resume_fa.pt", weights_only=True)["progress"]
+    assert progress["epoch"] == 1
 
 
 @pytest.mark.parametrize(
@@ -204,6 +215,19 @@ def test_bad_input_gets_a_clear_error(overrides, breaker, message, data_dir, tmp
     with pytest.raises(Exception) as error:
         _train(data, tmp_path / "root", ["tasks/pet.json"], **overrides)
     assert message in _messages(error.value)
+
+
+def test_network_matches_metadata(tmp_path):
+    from monai.bundle import verify_net_in_out
+
+    verify_net_in_out(
+        net_id="network_def",
+        meta_file=str(CONFIGS / "metadata.json"),
+        config_file=str(CONFIGS / "train.json"),
+        n=1,
+        device="cpu",
+        bundle_root=str(tmp_path),
+    )
 
 
 def test_unknown_task_in_the_demo(tmp_path):
