@@ -100,6 +100,7 @@ def run_demo(
             "patch_size": [32, 32, 32],
             "batch_size": 4,
             "num_samples": 4,
+            "progress_bar": False,  # the iteration log already reports progress; bars would interleave with it
             **common,
         },
     )
