@@ -152,6 +152,24 @@ def test_evaluate_and_infer_keep_shape_and_affine(data_dir, tmp_path):
     assert synthesis.get_data_dtype() == np.float32 and np.isfinite(synthesis.get_fdata()).all()
 
 
+def test_inference_with_resampling_returns_the_input_grid(data_dir, tmp_path):
+    _train(data_dir, tmp_path, ["tasks/pet.json"], pixdim=[3.0, 3.0, 3.0])
+    infer = _workflow(
+        "inference.json",
+        ["tasks/pet.json"],
+        "infer",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(data_dir),
+        pixdim=[3.0, 3.0, 3.0],
+        **TINY,
+    )
+    infer.run()
+    (output,) = sorted((tmp_path / "eval").glob("*_pet.nii.gz"))
+    subject = output.name.split("_")[0]
+    source = nib.load(str(data_dir / subject / f"{subject}_t1w.nii.gz"))
+    assert nib.load(str(output)).shape == source.shape
+
+
 def test_cli_training_and_torchrun_multi_gpu_overlay(data_dir, tmp_path):
     args = []
     for key, value in {**TINY_TRAIN, "bundle_root": str(tmp_path), "dataset_dir": str(data_dir)}.items():
