@@ -1,6 +1,7 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
 """The main job on the default data: generate synthetic subjects, train SC-GAN for one task within a time budget,
-synthesise the held-out test subjects, score them against the population-mean baseline, and write a report.
+synthesise the held-out test subjects, score them against baselines without deep learning (population mean,
+intensity lookup table, cubic polynomial), and write a report.
 
     python -m custom_nets.demo                        # PET, ~10 minutes on a 2-core CPU
     python -m custom_nets.demo --task fa --minutes 5
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from custom_nets.figures import write_png
+from custom_nets.baselines import predict_split
 from custom_nets.io import atomic_write_json, atomic_write_text
 from custom_nets.metrics import masked_nrmse, masked_psnr, masked_rmse, masked_ssim
 from custom_nets.phantom.dataset import generate_dataset
@@ -121,30 +123,32 @@ def run_demo(
     infer.initialize()
     infer.run()
     infer.finalize()
-    target_key, postfix = infer.parser.get_parsed_content("target_key"), infer.parser.get_parsed_content(
-        "output_postfix"
-    )
+    target_key = infer.parser.get_parsed_content("target_key")
+    postfix = infer.parser.get_parsed_content("output_postfix")
+    input_keys = infer.parser.get_parsed_content("input_keys")
 
     content = json.loads(datalist.read_text())
     base = datalist.parent
     test = content["test"]
     predictions = {}
     for entry in test:
-        first_input = Path(entry[infer.parser.get_parsed_content("input_keys")[0]]).name.split(".nii")[0]
+        first_input = Path(entry[input_keys[0]]).name.split(".nii")[0]
         predictions[entry["subject"]] = _load(out_dir / "predictions" / f"{first_input}_{postfix}.nii.gz")
-    # population-mean baseline: the voxel-wise mean target of the training subjects (all share one grid)
-    population = np.mean([_load(base / e[target_key]) for e in content["training"]], axis=0)
-    baseline = {e["subject"]: population * (_load(base / e["mask"]) > 0) for e in test}
-    scores = {
-        "scgan": score_subjects(predictions, test, target_key, base),
-        "population_mean": score_subjects(baseline, test, target_key, base),
+    # baselines without deep learning, fitted on the training subjects only
+    folders = predict_split(datalist, target_key, out_dir / "baselines", input_keys, "test")
+    baselines = {
+        name: {e["subject"]: _load(folder / f"{e['subject']}_{target_key}.nii.gz") for e in test}
+        for name, folder in folders.items()
     }
+    scores = {"scgan": score_subjects(predictions, test, target_key, base)}
+    scores.update({name: score_subjects(preds, test, target_key, base) for name, preds in baselines.items()})
+    baseline = baselines["population_mean"]
 
     rows, high = [], 0.0
     for entry in test:
         target = _load(base / entry[target_key])
         high = max(high, float(np.percentile(target[target > 0], 99.5)))
-        inputs = [_load(base / entry[k]) for k in infer.parser.get_parsed_content("input_keys")]
+        inputs = [_load(base / entry[k]) for k in input_keys]
         inputs = [x / max(float(np.percentile(x[x > 0], 99.5)), 1e-8) for x in inputs]
         pred = predictions[entry["subject"]]
         rows.append(
@@ -187,12 +191,24 @@ def run_demo(
         "| model | RMSE | NRMSE | PSNR (dB) | SSIM |",
         "|---|---|---|---|---|",
     ]
-    for name, label in (("scgan", "SC-GAN"), ("population_mean", "population mean of the training targets")):
+    labels = {
+        "scgan": "SC-GAN",
+        "population_mean": "population mean of the training targets",
+        "intensity_lookup": "intensity lookup table of (T1w, FLAIR)",
+        "cubic_polynomial": "cubic polynomial of (T1w, FLAIR)",
+    }
+    best = min((n for n in scores if n != "scgan"), key=lambda n: scores[n]["mean"]["rmse"])
+    versus_best = 1 - scores["scgan"]["mean"]["rmse"] / scores[best]["mean"]["rmse"]
+    report["rmse_reduction_vs_best_baseline"] = {"baseline": best, "reduction": versus_best}
+    atomic_write_json(out_dir / "report.json", report)
+    for name, label in labels.items():
         m = scores[name]["mean"]
         lines.append(f"| {label} | {m['rmse']:.4f} | {m['nrmse']:.4f} | {m['psnr']:.2f} | {m['ssim']:.3f} |")
     lines += [
         "",
-        f"SC-GAN's RMSE is {100 * gain:.1f} % {'lower' if gain > 0 else 'higher'} than the population mean's.",
+        f"SC-GAN's RMSE is {100 * gain:.1f} % {'lower' if gain > 0 else 'higher'} than the population mean's and "
+        f"{100 * abs(versus_best):.1f} % {'lower' if versus_best > 0 else 'higher'} than the best other baseline's "
+        f"({labels[best]}).",
         "",
         "Columns of the figure: inputs, target, synthesis, |error|, population mean, |error|.",
         "",

@@ -1,0 +1,152 @@
+# Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Baselines that need no deep learning, fitted on training subjects only.
+
+- ``PopulationMean``: the voxel-wise mean target of the training subjects (all on one grid), masked to the brain.
+- ``IntensityLookup``: the mean target in each cell of a histogram of the input intensities (a per-voxel function of
+  the inputs; empty cells fall back to the training mean).
+- ``CubicPolynomial``: least-squares cubic polynomial (with cross terms) of the input intensities.
+
+Inputs are scaled per subject and channel by their 0.5–99.5 percentiles inside the brain, as the bundle does.
+
+    python -m custom_nets.baselines --datalist data/synthetic/datalist.json --target pet --out baselines/pet
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from custom_nets.io import atomic_save_nifti
+
+__all__ = ["scaled_inputs", "PopulationMean", "IntensityLookup", "CubicPolynomial", "BASELINES", "predict_split"]
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
+
+
+def scaled_inputs(channels: list[np.ndarray], mask: np.ndarray) -> np.ndarray:
+    """``(C, N)`` brain-voxel intensities, each channel scaled to [0, 1] by its 0.5–99.5 percentiles in the mask."""
+    rows = []
+    for channel in channels:
+        values = channel[mask]
+        low, high = np.percentile(values, [0.5, 99.5])
+        rows.append(np.clip((values - low) / max(high - low, 1e-12), 0, 1))
+    return np.stack(rows)
+
+
+class PopulationMean:
+    def fit(self, inputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray]) -> PopulationMean:
+        self.mean = np.mean([t * m for t, m in zip(targets, masks)], axis=0)
+        return self
+
+    def predict(self, inputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return self.mean * mask
+
+
+class IntensityLookup:
+    def __init__(self, bins: int = 32) -> None:
+        self.bins = bins
+
+    def _cells(self, x: np.ndarray) -> np.ndarray:
+        index = np.minimum((x * self.bins).astype(np.int64), self.bins - 1)
+        return np.ravel_multi_index(tuple(index), (self.bins,) * x.shape[0])
+
+    def fit(self, inputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray]) -> IntensityLookup:
+        x = np.concatenate(inputs, axis=1)
+        y = np.concatenate([t[m] for t, m in zip(targets, masks)])
+        cells = self._cells(x)
+        size = self.bins ** x.shape[0]
+        counts = np.bincount(cells, minlength=size)
+        self.fallback = float(y.mean())
+        self.table = np.where(counts > 0, np.bincount(cells, y, size) / np.maximum(counts, 1), self.fallback)
+        return self
+
+    def predict(self, inputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = np.zeros(mask.shape)
+        out[mask] = self.table[self._cells(inputs)]
+        return out
+
+
+class CubicPolynomial:
+    def __init__(self, degree: int = 3) -> None:
+        self.degree = degree
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        columns = [np.ones(x.shape[1])]
+        for order in range(1, self.degree + 1):
+            for combination in itertools.combinations_with_replacement(range(x.shape[0]), order):
+                columns.append(np.prod(x[list(combination)], axis=0))
+        return np.stack(columns, axis=1)
+
+    def fit(self, inputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray]) -> "CubicPolynomial":
+        x = np.concatenate(inputs, axis=1)
+        y = np.concatenate([t[m] for t, m in zip(targets, masks)])
+        self.coefficients, *_ = np.linalg.lstsq(self._features(x), y, rcond=None)
+        return self
+
+    def predict(self, inputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = np.zeros(mask.shape)
+        out[mask] = self._features(inputs) @ self.coefficients
+        return out
+
+
+BASELINES = {
+    "population_mean": PopulationMean,
+    "intensity_lookup": IntensityLookup,
+    "cubic_polynomial": CubicPolynomial,
+}
+
+
+def _subject(entry: dict, base: Path, input_keys: list[str], target_key: str | None):
+    for key in list(input_keys) + ([target_key] if target_key else []) + ["mask"]:
+        if key not in entry:
+            raise ValueError(f"datalist entry {entry.get('subject')}: missing key '{key}' (it has {sorted(entry)}).")
+    mask = _load(base / entry["mask"]) > 0
+    if not mask.any():
+        raise ValueError(f"{base / entry['mask']}: the brain mask is empty.")
+    inputs = scaled_inputs([_load(base / entry[k]) for k in input_keys], mask)
+    target = _load(base / entry[target_key]) if target_key else None
+    return inputs, target, mask
+
+
+def predict_split(
+    datalist: str | Path, target_key: str, out_dir: str | Path, input_keys=("t1w", "flair"), split: str = "test"
+) -> dict[str, Path]:
+    """Fit every baseline on the training split and write its predictions for ``split`` as NIfTI files
+    ``out_dir/<baseline>/<subject>_<target>.nii.gz``; returns the folder of each baseline."""
+    datalist = Path(datalist)
+    content = json.loads(datalist.read_text())
+    base, out_dir = datalist.parent, Path(out_dir)
+    training = [_subject(e, base, list(input_keys), target_key) for e in content["training"]]
+    folders = {}
+    for name, cls in BASELINES.items():
+        model = cls().fit([t[0] for t in training], [t[1] for t in training], [t[2] for t in training])
+        folders[name] = out_dir / name
+        for entry in content[split]:
+            inputs, _, mask = _subject(entry, base, list(input_keys), None)
+            affine = nib.load(str(base / entry["mask"])).affine
+            prediction = model.predict(inputs, mask).astype(np.float32)
+            atomic_save_nifti(folders[name] / f"{entry['subject']}_{target_key}.nii.gz", prediction, affine)
+    return folders
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m custom_nets.baselines", description=__doc__.split("\n")[0])
+    parser.add_argument("--datalist", required=True)
+    parser.add_argument("--target", required=True, help="datalist key of the target (pet, fa, md)")
+    parser.add_argument("--out", required=True, help="output folder (one sub-folder per baseline)")
+    parser.add_argument("--inputs", nargs="+", default=["t1w", "flair"])
+    parser.add_argument("--split", default="test")
+    args = parser.parse_args(argv)
+    for name, folder in predict_split(args.datalist, args.target, args.out, args.inputs, args.split).items():
+        print(f"{name}: {folder}")
+
+
+if __name__ == "__main__":
+    main()
