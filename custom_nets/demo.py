@@ -77,7 +77,7 @@ def run_demo(
     from monai.bundle import ConfigWorkflow
 
     data_dir, bundle_root = Path(data_dir).absolute(), Path(bundle_root).absolute()
-    configs = bundle_root / "configs"
+    configs = BUNDLE / "configs"  # the configs always come from the package's bundle; outputs go to bundle_root
     task_overlay = configs / "tasks" / f"{task}.json"
     if not task_overlay.is_file():
         known = sorted(p.stem for p in (configs / "tasks").glob("*.json"))
@@ -108,10 +108,13 @@ def run_demo(
     )
     train.initialize()
     train.run()
+    ckpt_name = train.parser.get_parsed_content("ckpt_name")
+    if not (bundle_root / "models" / ckpt_name).is_file():
+        # the budget ended before the first validation: validate once so the best (only) model is saved
+        train.parser.get_parsed_content("validate#evaluator").run()
     train.finalize()
     trainer = train.parser.get_parsed_content("train#trainer")
     train_seconds = time.perf_counter() - start
-    ckpt_name = train.parser.get_parsed_content("ckpt_name")
 
     infer = ConfigWorkflow(
         config_file=[str(configs / "inference.json"), str(task_overlay)],

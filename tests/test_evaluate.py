@@ -1,0 +1,73 @@
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from custom_nets.baselines import predict_split
+from custom_nets.evaluate import evaluate_predictions, summarise
+from custom_nets.evaluate import main as evaluate_cli
+
+
+def _cohort(root, n=5, seed=0):
+    """Subjects whose target is an exact function of T1w (2·scaled T1w + 0.5) inside a brain mask."""
+    rng = np.random.default_rng(seed)
+    entries = []
+    for i in range(n):
+        name = f"sub-{i:02d}"
+        mask = np.zeros((12, 12, 12), np.uint8)
+        mask[2:10, 2:10, 2:10] = 1
+        t1 = rng.uniform(100, 1000, mask.shape) * mask
+        flair = rng.uniform(50, 500, mask.shape) * mask
+        values = t1[mask > 0]
+        low, high = np.percentile(values, [0.5, 99.5])
+        target = (2 * np.clip((t1 - low) / (high - low), 0, 1) + 0.5) * mask
+        entry = {"subject": name}
+        for key, array in (("t1w", t1), ("flair", flair), ("mask", mask), ("pet", target)):
+            path = root / name / f"{name}_{key}.nii.gz"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.Nifti1Image(array.astype(np.float32), np.eye(4)), str(path))
+            entry[key] = f"{name}/{name}_{key}.nii.gz"
+        entries.append(entry)
+    datalist = {"training": entries[:3], "validation": entries[3:4], "test": entries[4:]}
+    (root / "datalist.json").write_text(json.dumps(datalist))
+    return root / "datalist.json"
+
+
+def test_baselines_recover_a_function_of_the_inputs(tmp_path):
+    datalist = _cohort(tmp_path)
+    # one input: 1,536 training voxels fill a 32-bin table (a 32×32 table over two inputs would be mostly empty)
+    folders = predict_split(datalist, "pet", tmp_path / "baselines", input_keys=("t1w",))
+    rmse = {name: evaluate_predictions(f, datalist, "pet")["summary"]["rmse"]["mean"] for name, f in folders.items()}
+    assert rmse["cubic_polynomial"] < 1e-3  # the target is linear in the scaled T1w
+    assert rmse["intensity_lookup"] < 0.1  # within a 1/32-wide bin of the scaled T1w (slope 2)
+    assert rmse["population_mean"] > 5 * rmse["intensity_lookup"]
+
+
+def test_perfect_prediction_and_written_files(tmp_path):
+    datalist = _cohort(tmp_path)
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    for entry in json.loads(datalist.read_text())["test"]:
+        (predictions / f"{entry['subject']}_t1w_pet.nii.gz").write_bytes((tmp_path / entry["pet"]).read_bytes())
+    result = evaluate_predictions(predictions, datalist, "pet", out_dir=tmp_path / "scores", name="copy")
+    assert result["summary"]["rmse"]["mean"] == 0 and result["summary"]["ssim"]["mean"] == pytest.approx(1.0)
+    assert (tmp_path / "scores" / "metrics.csv").read_text().startswith("subject,nrmse,rmse,psnr,ssim")
+    assert "copy (pet, test, n=1)" in (tmp_path / "scores" / "summary.md").read_text()
+
+
+def test_missing_prediction_is_named(tmp_path, capsys):
+    datalist = _cohort(tmp_path)
+    (tmp_path / "empty").mkdir()
+    assert evaluate_cli(["--pred", str(tmp_path / "empty"), "--datalist", str(datalist), "--target", "pet"]) == 2
+    assert "expected one prediction for sub-04" in capsys.readouterr().out
+
+
+def test_summary_interval():
+    summary = summarise([1.0, 2.0, 3.0, 4.0])
+    assert summary["mean"] == 2.5 and summary["ci95_low"] < 2.5 < summary["ci95_high"]
+    assert summary["ci95_high"] - summary["ci95_low"] == pytest.approx(
+        2 * 3.182446 * np.std([1, 2, 3, 4], ddof=1) / 2, 1e-4
+    )
