@@ -59,8 +59,10 @@ def evaluate_predictions(
     split: str = "test",
     out_dir: str | Path | None = None,
     name: str = "model",
+    mask_key: str = "mask",
 ) -> dict:
-    """Score every subject of ``split``; returns ``{"subjects": {...}, "summary": {...}}`` and writes the files."""
+    """Score every subject of ``split`` inside the datalist's ``mask_key`` mask; returns ``{"subjects": {...},
+    "summary": {...}}`` and, when ``out_dir`` is given, writes the CSV, JSON and markdown files there."""
     pred_dir, datalist = Path(pred_dir), Path(datalist)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--pred {pred_dir}: not a folder.")
@@ -71,13 +73,13 @@ def evaluate_predictions(
     rows = {}
     for entry in content[split]:
         subject = entry.get("subject", entry.get("id"))
-        for key in (target_key, "mask"):
+        for key in (target_key, mask_key):
             if key not in entry:
                 raise ValueError(f"datalist {datalist}, entry {subject}: missing key '{key}'.")
         path = _find_prediction(pred_dir, subject)
         pred = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
         target = np.asanyarray(nib.load(str(base / entry[target_key])).dataobj).astype(np.float64)
-        mask = np.asanyarray(nib.load(str(base / entry["mask"])).dataobj) > 0
+        mask = np.asanyarray(nib.load(str(base / entry[mask_key])).dataobj) > 0
         if pred.shape != target.shape:
             raise ValueError(f"{path}: shape {pred.shape} differs from the target's {target.shape}.")
         tensors = [torch.from_numpy(a)[None, None] for a in (pred, target, mask)]
@@ -117,10 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", help="output folder (default: PRED/scores)")
     parser.add_argument("--name", default="model", help="row label in the markdown table")
+    parser.add_argument("--mask-key", default="mask", help="datalist key of the mask the scores are computed in")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.pred) / "scores"
     try:
-        evaluate_predictions(args.pred, args.datalist, args.target, args.split, out, args.name)
+        evaluate_predictions(args.pred, args.datalist, args.target, args.split, out, args.name, args.mask_key)
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}")
         return 2

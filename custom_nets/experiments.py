@@ -1,0 +1,152 @@
+# Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Train one bundle configuration for a fixed number of iterations and synthesise a split with the bundle's own
+inference workflow: the building block of the comparison and ablation runs (``benchmarks/paper_table.py``) and of
+the real-template case (``benchmarks/real_case.py``).
+
+Every model of a comparison gets the same budget: the same iterations, patch size, patches per iteration, seed and
+learning-rate schedule; no model selection on validation data (the final weights are used), so that the only
+difference between runs is the model overlay.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from custom_nets.io import atomic_write_bytes, atomic_write_json
+
+__all__ = ["CONFIGS", "RunSettings", "train_and_infer"]
+
+CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"
+
+
+class RunSettings(dict):
+    """The budget shared by every run of a comparison (stored beside each run, to reuse finished runs)."""
+
+    def __init__(
+        self,
+        iterations: int,
+        patch_size: int = 32,
+        batch_size: int = 2,
+        num_samples: int = 2,
+        seed: int = 0,
+        sw_overlap: float = 0.25,
+    ) -> None:
+        if iterations < 1:
+            raise ValueError(f"iterations must be >= 1, got {iterations}.")
+        super().__init__(
+            iterations=int(iterations),
+            patch_size=int(patch_size),
+            batch_size=int(batch_size),
+            num_samples=int(num_samples),
+            seed=int(seed),
+            sw_overlap=float(sw_overlap),
+        )
+
+
+def _overlays(task: str, model_overlays: list[str | Path]) -> list[str]:
+    files = [CONFIGS / "tasks" / f"{task}.json"] + [Path(p) for p in model_overlays]
+    for path in files:
+        if not path.is_file():
+            raise FileNotFoundError(f"config overlay {path} does not exist.")
+    return [str(p) for p in files]
+
+
+def train_and_infer(
+    task: str,
+    model_overlays: list[str | Path],
+    datalist: str | Path,
+    out_dir: str | Path,
+    settings: RunSettings,
+    split: str = "test",
+    overrides: dict | None = None,
+    reuse: bool = True,
+) -> dict:
+    """Train ``train.json`` + the task overlay + ``model_overlays`` for ``settings["iterations"]`` iterations, save
+    the final generator to ``out_dir/models/`` and synthesise ``split`` into ``out_dir/predictions``.
+
+    Returns (and writes to ``out_dir/run.json``) the settings, the iterations run, the training seconds and seconds
+    per iteration. A finished run with identical settings is reused when ``reuse`` is true.
+    """
+    from monai.bundle import ConfigWorkflow
+
+    out_dir, datalist = Path(out_dir).absolute(), Path(datalist).absolute()
+    overlays = _overlays(task, model_overlays)
+    record_path = out_dir / "run.json"
+    identity = {"task": task, "overlays": [Path(p).name for p in overlays], **settings, **(overrides or {})}
+    if reuse and record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record.get("identity") == identity and (out_dir / "predictions").is_dir():
+            return record
+
+    n_train = len(json.loads(datalist.read_text())["training"])
+    iterations_per_epoch = math.ceil(n_train / settings["batch_size"])
+    epochs = math.ceil(settings["iterations"] / iterations_per_epoch)
+    patch = [settings["patch_size"]] * 3
+    common = {
+        "bundle_root": str(out_dir),
+        "datalist": str(datalist),
+        "dataset_dir": str(datalist.parent),
+        "patch_size": patch,
+        "sw_overlap": settings["sw_overlap"],
+        **(overrides or {}),
+    }
+    logging_file = str(CONFIGS / "logging.conf")
+    train = ConfigWorkflow(
+        config_file=[str(CONFIGS / "train.json")] + overlays,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=logging_file,
+        workflow_type="train",
+        **{
+            "epochs": epochs,
+            "val_interval": epochs + 1,  # no model selection: every model is scored with its final weights
+            "batch_size": settings["batch_size"],
+            "num_samples": settings["num_samples"],
+            "seed": settings["seed"],
+            "progress_bar": False,
+            **common,
+        },
+    )
+    train.initialize()
+    trainer = train.parser.get_parsed_content("train#trainer")
+    start = time.perf_counter()
+    train.run()
+    seconds = time.perf_counter() - start
+    ckpt_name = train.parser.get_parsed_content("ckpt_name")
+    network = train.parser.get_parsed_content("network")
+    weights = getattr(network, "module", network).state_dict()
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    atomic_write_bytes(out_dir / "models" / ckpt_name, buffer.getvalue())
+    iterations = trainer.state.iteration
+    train.finalize()
+
+    infer = ConfigWorkflow(
+        config_file=[str(CONFIGS / "inference.json")] + overlays,
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=logging_file,
+        workflow_type="infer",
+        **{"output_dir": str(out_dir / "predictions"), "split": split, **common},
+    )
+    infer.initialize()
+    start_infer = time.perf_counter()
+    infer.run()
+    infer_seconds = time.perf_counter() - start_infer
+    infer.finalize()
+    record = {
+        "identity": identity,
+        "iterations": iterations,
+        "epochs": epochs,
+        "train_seconds": seconds,
+        "seconds_per_iteration": seconds / max(iterations, 1),
+        "infer_seconds": infer_seconds,
+        "checkpoint": str(out_dir / "models" / ckpt_name),
+        "predictions": str(out_dir / "predictions"),
+    }
+    atomic_write_json(record_path, record)
+    return record
