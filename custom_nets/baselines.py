@@ -41,11 +41,20 @@ def scaled_inputs(channels: list[np.ndarray], mask: np.ndarray) -> np.ndarray:
 
 
 class PopulationMean:
+    """Voxel-wise mean target of the training subjects. When the training volumes are not on the test grid (a split
+    in space, as in the real-template case) there is no voxel correspondence, and the mean target over all training
+    brain voxels is predicted everywhere in the brain."""
+
     def fit(self, inputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray]) -> PopulationMean:
-        self.mean = np.mean([t * m for t, m in zip(targets, masks)], axis=0)
+        self.mean = None
+        if len({t.shape for t in targets}) == 1:
+            self.mean = np.mean([t * m for t, m in zip(targets, masks)], axis=0)
+        self.brain_mean = float(np.concatenate([t[m] for t, m in zip(targets, masks)]).mean())
         return self
 
     def predict(self, inputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self.mean is None or self.mean.shape != mask.shape:
+            return self.brain_mean * mask
         return self.mean * mask
 
 

@@ -70,13 +70,17 @@ def run_models(
     target_key: str,
     split: str = "test",
     score_mask_key: str = "mask",
+    overrides: dict | None = None,
     log=print,
 ) -> dict[str, dict]:
-    """Train and score each model; returns ``{model: {"run": run record, "scores": evaluate summary}}``."""
+    """Train and score each model (``overrides``: config ids for every run); returns ``{model: {"run": run record,
+    "scores": evaluate summary}}``."""
     results = {}
     for model in models:
         log(f"[{task}] training {model} for {settings['iterations']} iterations")
-        run = train_and_infer(task, model_overlays(model), datalist, out_dir / model, settings, split=split)
+        run = train_and_infer(
+            task, model_overlays(model), datalist, out_dir / model, settings, split=split, overrides=overrides
+        )
         scores = evaluate_predictions(
             run["predictions"], datalist, target_key, split, out_dir / model / "scores", model, score_mask_key
         )

@@ -18,8 +18,8 @@ import nibabel as nib
 import numpy as np
 import torch
 
-from custom_nets.figures import write_png
 from custom_nets.baselines import predict_split
+from custom_nets.figures import write_png
 from custom_nets.io import atomic_write_json, atomic_write_text
 from custom_nets.metrics import masked_nrmse, masked_psnr, masked_rmse, masked_ssim
 from custom_nets.phantom.dataset import generate_dataset

@@ -94,8 +94,10 @@ def train_and_infer(
         "dataset_dir": str(datalist.parent),
         "patch_size": patch,
         "sw_overlap": settings["sw_overlap"],
-        **(overrides or {}),
     }
+    # overrides of training-only ids (the discriminator, loss weights) do not exist in inference.json
+    inference_ids = set(json.loads((CONFIGS / "inference.json").read_text()))
+    infer_overrides = {k: v for k, v in (overrides or {}).items() if k.split("#")[0] in inference_ids}
     logging_file = str(CONFIGS / "logging.conf")
     train = ConfigWorkflow(
         config_file=[str(CONFIGS / "train.json")] + overlays,
@@ -110,6 +112,7 @@ def train_and_infer(
             "seed": settings["seed"],
             "progress_bar": False,
             **common,
+            **(overrides or {}),
         },
     )
     train.initialize()
@@ -131,7 +134,7 @@ def train_and_infer(
         meta_file=str(CONFIGS / "metadata.json"),
         logging_file=logging_file,
         workflow_type="infer",
-        **{"output_dir": str(out_dir / "predictions"), "split": split, **common},
+        **{"output_dir": str(out_dir / "predictions"), "split": split, **common, **infer_overrides},
     )
     infer.initialize()
     start_infer = time.perf_counter()

@@ -102,6 +102,16 @@ class ResumeCheckpoint:
         logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
 
 
+LOSS_KEYS = ("g_loss", "d_loss", "adv", "fm", "l1", "rmse")
+
+
+def training_losses(output: Any) -> dict[str, float]:
+    """The loss terms of a ``ConditionalGanTrainer`` output, decollated (a list of per-sample dicts, as MONAI's
+    trackers expect) or not (one dict): the ``output_transform`` of the stats, TensorBoard and tracking handlers."""
+    item = output[0] if isinstance(output, list) else output
+    return {key: float(item[key]) for key in LOSS_KEYS if key in item}
+
+
 class MidSliceImageHandler:
     """After each validation run, write the mid axial slice of the first subject's input (channel 0), target,
     synthesis and absolute error to TensorBoard, side by side (each scaled to the target's range)."""

@@ -13,47 +13,15 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import TINY, TINY_TRAIN  # noqa: F401 (data_dir is a fixture of conftest)
 from monai.bundle import ConfigWorkflow
 
-from custom_nets.phantom import MODALITIES, generate_dataset
+from custom_nets.handlers import training_losses
 
 BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
 CONFIGS = BUNDLE / "configs"
 TASKS = ["pet", "fa", "md", "sr"]
 MODELS = sorted(p.stem for p in (CONFIGS / "models").glob("*.json"))
-TINY = {
-    "network_def#channels": [8, 16, 16],
-    "network_def#encoder_attention_levels": [2],
-    "network_def#decoder_attention_levels": [1],
-    "network_def#output_attention_stride": 4,
-    "patch_size": [16, 16, 16],
-    "sw_batch_size": 2,
-}
-TINY_TRAIN = {
-    **TINY,
-    "discriminator_def#channels": [8, 8, 16, 16],
-    "epochs": 1,
-    "batch_size": 1,
-    "num_samples": 1,
-    "progress_bar": False,
-}
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory) -> Path:
-    """Five phantom subjects cropped to a central 32³ block (3 training, 1 validation, 1 test)."""
-    out = tmp_path_factory.mktemp("bundle_data")
-    generate_dataset(out, subjects=5, seed=11, progress=False)
-    for folder in out.glob("sub-*"):
-        for modality in MODALITIES:
-            path = folder / f"{folder.name}_{modality}.nii.gz"
-            image = nib.load(str(path))
-            start = np.array([34, 42, 32])
-            block = np.asanyarray(image.dataobj)[34:66, 42:74, 32:64]
-            affine = image.affine.copy()
-            affine[:3, 3] = image.affine[:3, :3] @ start + image.affine[:3, 3]
-            nib.save(nib.Nifti1Image(block, affine), str(path))
-    return out
 
 
 def _workflow(config: str, overlays: list[str], workflow_type: str, **overrides) -> ConfigWorkflow:
@@ -101,7 +69,7 @@ def test_properties_of_train_and_infer(data_dir, tmp_path):
 def test_training_each_task(task, data_dir, tmp_path):
     workflow = _train(data_dir, tmp_path, [f"tasks/{task}.json"])
     trainer = workflow.parser.get_parsed_content("train#trainer")
-    output = trainer.state.output
+    output = training_losses(trainer.state.output)
     assert {"g_loss", "d_loss", "adv", "fm", "l1", "rmse"} <= set(output)
     assert all(np.isfinite(output[k]) for k in ("g_loss", "d_loss"))
     weights = torch.load(tmp_path / "models" / f"model_{task}.pt", weights_only=True)
@@ -113,7 +81,7 @@ def test_training_each_task(task, data_dir, tmp_path):
 @pytest.mark.parametrize("model", MODELS)
 def test_training_each_comparison_model(model, data_dir, tmp_path):
     workflow = _train(data_dir, tmp_path, ["tasks/fa.json", f"models/{model}.json"])
-    output = workflow.parser.get_parsed_content("train#trainer").state.output
+    output = training_losses(workflow.parser.get_parsed_content("train#trainer").state.output)
     assert np.isfinite(output["g_loss"])
     assert ("d_loss" in output) == (model != "unet3d")
     assert (tmp_path / "models" / "model_fa.pt").is_file()

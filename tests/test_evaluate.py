@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 from custom_nets.baselines import predict_split
-from custom_nets.evaluate import evaluate_predictions, summarise
+from custom_nets.evaluate import evaluate_predictions
 from custom_nets.evaluate import main as evaluate_cli
+from custom_nets.evaluate import summarise
 
 
 def _cohort(root, n=5, seed=0):

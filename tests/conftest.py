@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny phantom data and tiny network settings for the bundle's workflows."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from custom_nets.phantom import MODALITIES, generate_dataset
+
+TINY = {
+    "network_def#channels": [8, 16, 16],
+    "network_def#encoder_attention_levels": [2],
+    "network_def#decoder_attention_levels": [1],
+    "network_def#output_attention_stride": 4,
+    "patch_size": [16, 16, 16],
+    "sw_batch_size": 2,
+}
+TINY_TRAIN = {
+    **TINY,
+    "discriminator_def#channels": [8, 8, 16, 16],
+    "epochs": 1,
+    "batch_size": 1,
+    "num_samples": 1,
+    "progress_bar": False,
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    """Five phantom subjects cropped to a central 32³ block (3 training, 1 validation, 1 test)."""
+    out = tmp_path_factory.mktemp("bundle_data")
+    generate_dataset(out, subjects=5, seed=11, progress=False)
+    for folder in out.glob("sub-*"):
+        for modality in MODALITIES:
+            path = folder / f"{folder.name}_{modality}.nii.gz"
+            image = nib.load(str(path))
+            start = np.array([34, 42, 32])
+            block = np.asanyarray(image.dataobj)[34:66, 42:74, 32:64]
+            affine = image.affine.copy()
+            affine[:3, 3] = image.affine[:3, :3] @ start + image.affine[:3, 3]
+            nib.save(nib.Nifti1Image(block, affine), str(path))
+    return out

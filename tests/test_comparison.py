@@ -1,0 +1,104 @@
+"""Equal-budget comparison runs, their scores and figure, and the SPM real-template case (with a stand-in wheel)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import TINY
+
+import custom_nets.realdata as realdata
+from custom_nets.comparison import comparison_figure, markdown_table, model_overlays, run_baselines, run_models
+from custom_nets.experiments import RunSettings
+
+TINY_RUN = {**TINY, "discriminator_def#channels": [8, 8, 16, 16]}
+
+
+def test_equal_budget_runs_are_scored_and_reused(data_dir, tmp_path):
+    settings = RunSettings(iterations=3, patch_size=16, batch_size=1, num_samples=1)
+    datalist = data_dir / "datalist.json"
+    results = run_models(
+        "fa", ["unet3d", "scgan"], datalist, tmp_path, settings, "fa", overrides=TINY_RUN, log=lambda *_: None
+    )
+    for model, row in results.items():
+        assert row["run"]["iterations"] == 3, model  # 3 training subjects, batch 1: one epoch
+        assert np.isfinite(row["scores"]["summary"]["nrmse"]["mean"])
+        assert (tmp_path / model / "models" / "model_fa.pt").is_file()
+    again = run_models("fa", ["scgan"], datalist, tmp_path, settings, "fa", overrides=TINY_RUN, log=lambda *_: None)
+    assert again["scgan"]["run"]["train_seconds"] == results["scgan"]["run"]["train_seconds"]  # reused, not retrained
+
+    baselines = run_baselines(datalist, tmp_path / "baselines", "fa", ["t1w", "flair"])
+    table = markdown_table({**baselines, **results}, {})
+    assert len(table) == 2 + 3 + 2 and table[0].startswith("| model | NRMSE")
+    assert sum("**" in line for line in table) == 1  # exactly one best row
+    figure = comparison_figure(
+        tmp_path / "figure.png",
+        datalist,
+        ["t1w", "flair"],
+        "fa",
+        {"lookup": baselines["intensity_lookup"]["predictions"], "scgan": results["scgan"]["run"]["predictions"]},
+    )
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unknown_model_is_named():
+    with pytest.raises(ValueError, match="unknown model 'gan9'"):
+        model_overlays("gan9")
+
+
+def _fake_spm_wheel(path):
+    """A wheel with SPM's layout whose images are a 20×6×5 LAS grid: PET = 2·T1 inside a box-shaped brain."""
+    affine = np.array([[-2.0, 0, 0, 19], [0, 2, 0, -6], [0, 0, 2, -4], [0, 0, 0, 1]])
+    grid = np.indices((20, 6, 5)).astype(np.float32)
+    t1 = 0.2 + 0.03 * np.abs(grid[0] - 9.5) + 0.05 * grid[1]  # symmetric in x, like a brain
+    volumes = {"t1w": t1, "t2w": 1 - t1, "pd": t1**2, "pet": 2 * t1, "brainmask": np.ones_like(t1)}
+    inner = io.BytesIO()
+    with zipfile.ZipFile(inner, "w") as archive:
+        for key, member in realdata.SPM_MEMBERS.items():
+            archive.writestr(realdata._PREFIX + member, nib.Nifti1Image(volumes[key], affine).to_bytes())
+    with zipfile.ZipFile(path, "w") as outer:
+        outer.writestr(realdata._ARCHIVE, inner.getvalue())
+    return affine
+
+
+def test_template_case_splits_hemispheres_with_a_guard_band(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    affine = _fake_spm_wheel(cache / realdata.SPM_WHEEL)
+    monkeypatch.setattr(realdata, "SPM_SHA256", realdata._sha256(cache / realdata.SPM_WHEEL))
+    datalist = realdata.build_template_case(tmp_path / "case", guard_mm=4.0, cache_dir=cache)
+    content = json.loads(datalist.read_text())
+    x = affine[0, 0] * np.arange(20) + affine[0, 3]  # 19, 17, ..., -19 mm
+
+    train = nib.load(str(tmp_path / "case" / content["training"][0]["t1w"]))
+    train_x = train.affine[0, 0] * np.arange(train.shape[0]) + train.affine[0, 3]
+    assert train_x.max() < -4.0 and np.allclose(train_x, x[x < -4.0])  # left beyond the guard band, nothing else
+    score = np.asanyarray(nib.load(str(tmp_path / "case" / content["test"][0]["score_mask"])).dataobj) > 0
+    assert np.all(x[score.any(axis=(1, 2))] > 4.0) and score[x > 4.0].all()
+    test_pet = np.asanyarray(nib.load(str(tmp_path / "case" / content["test"][0]["pet"])).dataobj)
+    assert test_pet.shape == (20, 6, 5)
+
+    baselines = run_baselines(
+        datalist, tmp_path / "baselines", "pet", ["t1w", "t2w", "pd"], score_mask_key="score_mask"
+    )
+    # the target is a function of the inputs and the hemispheres mirror each other: the fit on the left carries over
+    nrmse = {name: row["scores"]["summary"]["nrmse"]["mean"] for name, row in baselines.items()}
+    assert nrmse["cubic_polynomial"] < 0.1 < nrmse["population_mean"]
+
+
+def test_wheel_with_the_wrong_hash_is_refused(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    _fake_spm_wheel(cache / realdata.SPM_WHEEL)
+
+    def fake_run(command, **kwargs):
+        _fake_spm_wheel(__import__("pathlib").Path(command[command.index("-d") + 1]) / realdata.SPM_WHEEL)
+        return type("Result", (), {"returncode": 0, "stderr": ""})()
+
+    monkeypatch.setattr(realdata.subprocess, "run", fake_run)
+    with pytest.raises(RuntimeError, match="differs from the pinned"):
+        realdata.fetch_spm_wheel(cache)
