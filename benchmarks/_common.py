@@ -1,9 +1,10 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
 """Helpers shared by the benchmarks: each case in a fresh child process with its own peak memory, and timing.
 
-Peak memory on CPU is the peak resident set (VmHWM) over the RSS when the case starts measuring, with glibc's mmap
-threshold fixed at 1 MiB so that freed tensors leave the RSS at once (its default threshold grows after each large
-free, which would make the peak that of the allocator's cache). On CUDA it is ``torch.cuda.max_memory_allocated``.
+Peak memory on CPU is the peak resident set (VmHWM) over the RSS when the case starts measuring. With
+``exact_memory`` glibc's mmap threshold is fixed at 1 MiB so that freed tensors leave the RSS at once (its default
+threshold grows after each large free, which makes the peak that of the allocator's cache); without it the figure is
+an upper bound. On CUDA it is ``torch.cuda.max_memory_allocated``.
 """
 
 from __future__ import annotations
@@ -51,9 +52,15 @@ def peak_mb_since(base_kib: int, device: str = "cpu") -> float:
     return (rss_kib("VmHWM") - base_kib) / 1024
 
 
-def run_child(script: str, case: dict, threads: int) -> dict:
-    """Run ``script --case JSON --threads N`` in a fresh interpreter and return the JSON of its last output line."""
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20), "OMP_NUM_THREADS": str(threads)}
+def run_child(script: str, case: dict, threads: int, exact_memory: bool = False) -> dict:
+    """Run ``script --case JSON --threads N`` in a fresh interpreter and return the JSON of its last output line.
+
+    ``exact_memory`` fixes glibc's mmap threshold so that the peak RSS is the peak of live tensors; it also makes
+    every large allocation a fresh mmap with page faults, which slows CPU steps measurably, so timing benchmarks
+    leave it off and report the peak RSS as an upper bound (the allocator's cache included)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if exact_memory:
+        env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
     command = [sys.executable, script, "--case", json.dumps(case), "--threads", str(threads)]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:

@@ -74,7 +74,7 @@ def main() -> None:
                 row = {**case, **run_child(script, case, args.threads)}
                 rows.append(row)
                 print(f"  {row}", file=sys.stderr, flush=True)
-    print("| grid | overlap | window batch | seconds | peak MB |")
+    print("| grid | overlap | window batch | seconds | peak MB (upper bound) |")
     print("|---|---|---|---|---|")
     for r in rows:
         print(

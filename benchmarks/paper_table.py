@@ -47,7 +47,7 @@ MODES = {
 
 
 def _task_settings(task: str) -> dict:
-    return json.loads((CONFIGS / "tasks" / f"{task}.json").read_text())
+    return json.loads((CONFIGS / "tasks" / f"{task}.json").read_text(encoding="utf-8"))
 
 
 def _gain(results: dict, model: str, reference: str) -> float:
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     if not datalist.is_file():
         print(f"generating 20 synthetic subjects (seed {args.seed}) in {data}")
         generate_dataset(data, subjects=20, seed=args.seed)
-    content = json.loads(datalist.read_text())
+    content = json.loads(datalist.read_text(encoding="utf-8"))
     out = Path(args.out).absolute() / f"{args.mode}_{settings['iterations']}it_seed{settings['seed']}"
 
     start = time.perf_counter()
@@ -121,6 +121,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _relative(gain: float) -> str:
+    """'12.3 % lower' for a relative reduction of 0.123, '4.0 % higher' for -0.04."""
+    return f"{100 * abs(gain):.1f} % {'lower' if gain > 0 else 'higher'}"
+
+
 def _rows(entry: dict) -> dict:
     return {**entry["baselines"], **entry["models"]}
 
@@ -132,6 +137,7 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
     overhead = float(np.median([r["infer_seconds"] for r in runs]))
     full_runs = len(MODES["full"]["ablation_tasks"]) * (len(COMPARISON_MODELS) + len(ABLATION_MODELS))
     full_hours = full_runs * (MODES["full"]["iterations"] * per_iteration + overhead) / 3600
+    recorded_minutes = sum(r["train_seconds"] + r["infer_seconds"] for r in runs) / 60
     command = "python benchmarks/paper_table.py" + ("" if args.mode == "quick" else f" --mode {args.mode}")
     if args.iterations:
         command += f" --iterations {args.iterations}"
@@ -140,8 +146,10 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
     lines = [
         "# Results: the paper's comparison and ablation on synthetic subjects",
         "",
-        f"Produced by `{command}` (mode **{args.mode}**, seed {settings['seed']}) in {seconds / 60:.1f} min on "
-        "this machine (2 CPU cores, no GPU). Generated file: rerun the command to refresh it.",
+        f"Produced by `{command}` (mode **{args.mode}**, seed {settings['seed']}) on this machine (2 CPU cores, no "
+        f"GPU): training and inference of the {len(runs)} learned runs took {recorded_minutes:.1f} min as recorded "
+        f"in their `run.json` files (this invocation: {seconds / 60:.1f} min; finished runs with the same settings "
+        "are reused). Generated file: rerun the command to refresh it.",
         "",
         f"- Data: the default synthetic subjects (`python -m custom_nets.phantom`, seed {args.seed}): "
         f"{len(content['training'])} training subjects, {len(content['test'])} held-out test subjects "
@@ -185,10 +193,10 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         )
         lines += [
             "",
-            f"SC-GAN's NRMSE against the 2D cGAN: **{100 * gain:+.1f} %** lower here (positive = SC-GAN better); the "
-            f"paper reports {100 * PAPER_GAIN_OVER_2D_CGAN[task]:.0f} % lower on ADNI. Against the best baseline "
-            f"without learning ({BASELINE_LABELS[best_baseline]}): {100 * versus_baseline:+.1f} % "
-            f"({'SC-GAN better' if versus_baseline > 0 else 'SC-GAN worse: it does not beat this baseline here'}).",
+            f"SC-GAN's NRMSE is **{_relative(gain)}** than the 2D cGAN's here; the paper reports "
+            f"{100 * PAPER_GAIN_OVER_2D_CGAN[task]:.0f} % lower on ADNI. Against the best baseline without learning "
+            f"({BASELINE_LABELS[best_baseline]}) it is {_relative(versus_baseline)}"
+            f"{'.' if versus_baseline > 0 else ': SC-GAN does not beat this baseline here.'}",
             "",
         ]
         ablations = [m for m in ABLATION_MODELS if m in results]
@@ -213,7 +221,15 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
     first = next(iter(report["tasks"].values()))["models"]
     for model, row in first.items():
         timing.append(f"| {MODEL_LABELS[model]} | {row['run']['seconds_per_iteration']:.2f} |")
-    lines += ["## Training cost on this machine", "", *timing, ""]
+    lines += [
+        "## Training cost on this machine",
+        "",
+        "Seconds per iteration as recorded by each PET run; other jobs sometimes shared the two cores, so use "
+        "`python benchmarks/train_step.py` for clean step timings.",
+        "",
+        *timing,
+        "",
+    ]
     return lines
 
 

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     datalist = build_template_case(args.data, args.guard_mm)
-    content = json.loads(datalist.read_text())
+    content = json.loads(datalist.read_text(encoding="utf-8"))
     # one training volume: 4 patches per iteration, all from the left hemisphere
     settings = RunSettings(iterations=args.iterations, batch_size=1, num_samples=4, seed=args.seed)
     out = Path(args.out).absolute() / f"{args.iterations}it_seed{args.seed}_guard{args.guard_mm:g}"

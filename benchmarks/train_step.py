@@ -179,7 +179,9 @@ def main() -> None:
     for dtype, p in peaks.items():
         print(f"| {dtype} | {p['peak_gflop_per_s']:.1f} | {tuple(p['best_shape'])} |")
     print()
-    print("| model | patch | precision | channels-last | s / step | GFLOP / step | GFLOP/s | of peak | peak MB |")
+    print(
+        "| model | patch | precision | channels-last | s / step | GFLOP / step | GFLOP/s | of peak | peak MB (bound) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if "skipped" in r:

@@ -43,7 +43,7 @@ def _load(path) -> np.ndarray:
 
 def offset_share(pred_dir: Path, datalist: Path, target_key: str) -> float:
     """Share of the test MSE (pooled over subjects) that is each subject's mean error in the brain."""
-    content = json.loads(datalist.read_text())
+    content = json.loads(datalist.read_text(encoding="utf-8"))
     total = offset = 0.0
     for entry in content["test"]:
         pred = _load(next(p for p in pred_dir.glob(f"{entry['subject']}_*.nii*")))
@@ -69,7 +69,7 @@ def main() -> int:
         from custom_nets.phantom.dataset import generate_dataset
 
         generate_dataset(data, subjects=20, seed=args.seed)
-    task_config = json.loads((ROOT / "bundle" / "configs" / "tasks" / f"{args.task}.json").read_text())
+    task_config = json.loads((ROOT / "bundle" / "configs" / "tasks" / f"{args.task}.json").read_text(encoding="utf-8"))
     target_key, input_keys = task_config["target_key"], task_config["input_keys"]
     out = Path(args.out).absolute() / f"{args.task}_{args.iterations}it_seed{args.seed}"
 

@@ -89,7 +89,7 @@ def main() -> None:
         row = {
             "preset": preset,
             "size": int(size),
-            **run_child(script, {"preset": preset, "size": int(size)}, args.threads),
+            **run_child(script, {"preset": preset, "size": int(size)}, args.threads, exact_memory=True),
         }
         for site in row["attention_sites"]:
             site["score_matrix_mb"] = site["tokens"] * site["keys"] * 4 / 2**20 if site["keys"] else None

@@ -130,7 +130,7 @@ def predict_split(
     """Fit every baseline on the training split and write its predictions for ``split`` as NIfTI files
     ``out_dir/<baseline>/<subject>_<target>.nii.gz``; returns the folder of each baseline."""
     datalist = Path(datalist)
-    content = json.loads(datalist.read_text())
+    content = json.loads(datalist.read_text(encoding="utf-8"))
     base, out_dir = datalist.parent, Path(out_dir)
     training = [_subject(e, base, list(input_keys), target_key) for e in content["training"]]
     folders = {}

@@ -157,7 +157,7 @@ def comparison_figure(
 ) -> Path:
     """One mid-axial slice of one held-out subject. Row 1: the inputs and the target; row 2: each model's synthesis
     (in the order of ``prediction_folders``); row 3: its absolute error, on half the target's display range."""
-    content = json.loads(Path(datalist).read_text())
+    content = json.loads(Path(datalist).read_text(encoding="utf-8"))
     entry = content[split][subject_index]
     base = Path(datalist).parent
     subject = entry.get("subject", entry.get("id"))

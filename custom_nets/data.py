@@ -31,7 +31,7 @@ def load_items(
             f"datalist {datalist} not found (generate one with python -m custom_nets.phantom or "
             "python -m custom_nets.datalist)."
         )
-    content = json.loads(datalist.read_text())
+    content = json.loads(datalist.read_text(encoding="utf-8"))
     if split not in content:
         raise ValueError(f"datalist {datalist} has no '{split}' list (it has: {sorted(content)}).")
     if not content[split]:

@@ -130,7 +130,7 @@ def run_demo(
     postfix = infer.parser.get_parsed_content("output_postfix")
     input_keys = infer.parser.get_parsed_content("input_keys")
 
-    content = json.loads(datalist.read_text())
+    content = json.loads(datalist.read_text(encoding="utf-8"))
     base = datalist.parent
     test = content["test"]
     predictions = {}
@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     report = run_demo(args.task, args.minutes, args.data, args.subjects, args.seed)
-    print((Path(report["figure"]).parent / "report.md").read_text())
+    print((Path(report["figure"]).parent / "report.md").read_text(encoding="utf-8"))
     print(f"report: {Path(report['figure']).parent / 'report.md'}\ncheckpoint: {report['checkpoint']}")
 
 

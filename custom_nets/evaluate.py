@@ -66,7 +66,7 @@ def evaluate_predictions(
     pred_dir, datalist = Path(pred_dir), Path(datalist)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--pred {pred_dir}: not a folder.")
-    content = json.loads(datalist.read_text())
+    content = json.loads(datalist.read_text(encoding="utf-8"))
     if split not in content or not content[split]:
         raise ValueError(f"datalist {datalist}: no entries in '{split}'.")
     base = datalist.parent
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}")
         return 2
-    print((out / "summary.md").read_text() + f"written: {out / 'metrics.csv'}, {out / 'summary.json'}")
+    print((out / "summary.md").read_text(encoding="utf-8") + f"written: {out / 'metrics.csv'}, {out / 'summary.json'}")
     return 0
 
 

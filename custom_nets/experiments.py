@@ -80,11 +80,11 @@ def train_and_infer(
     record_path = out_dir / "run.json"
     identity = {"task": task, "overlays": [Path(p).name for p in overlays], **settings, **(overrides or {})}
     if reuse and record_path.is_file():
-        record = json.loads(record_path.read_text())
+        record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("identity") == identity and (out_dir / "predictions").is_dir():
             return record
 
-    n_train = len(json.loads(datalist.read_text())["training"])
+    n_train = len(json.loads(datalist.read_text(encoding="utf-8"))["training"])
     iterations_per_epoch = math.ceil(n_train / settings["batch_size"])
     epochs = math.ceil(settings["iterations"] / iterations_per_epoch)
     patch = [settings["patch_size"]] * 3
@@ -96,7 +96,7 @@ def train_and_infer(
         "sw_overlap": settings["sw_overlap"],
     }
     # overrides of training-only ids (the discriminator, loss weights) do not exist in inference.json
-    inference_ids = set(json.loads((CONFIGS / "inference.json").read_text()))
+    inference_ids = set(json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8")))
     infer_overrides = {k: v for k, v in (overrides or {}).items() if k.split("#")[0] in inference_ids}
     logging_file = str(CONFIGS / "logging.conf")
     train = ConfigWorkflow(

@@ -118,10 +118,11 @@ def build_template_case(out_dir: str | Path, guard_mm: float = 8.0, cache_dir: s
     volumes = {key: np.where(brain, value, 0.0).astype(np.float32) for key, value in arrays.items()}
 
     entries = {}
-    full = {key: f"full/{key}.nii.gz" for key in volumes}
+    # file names start with the subject, as the bundle's prediction files (``<input>_<postfix>``) then do too
+    full = {key: f"full/template-right_{key}.nii.gz" for key in volumes}
     for key, volume in volumes.items():
         atomic_save_nifti(out_dir / full[key], volume, affine)
-    atomic_save_nifti(out_dir / "full/mask.nii.gz", brain.astype(np.uint8), affine)
+    atomic_save_nifti(out_dir / "full/template-right_mask.nii.gz", brain.astype(np.uint8), affine)
     score = brain & right[:, None, None]
     atomic_save_nifti(out_dir / "full/score_mask.nii.gz", score.astype(np.uint8), affine)
     entries["test"] = {
@@ -135,11 +136,11 @@ def build_template_case(out_dir: str | Path, guard_mm: float = 8.0, cache_dir: s
     start, stop = int(index.min()), int(index.max()) + 1
     crop_affine = affine.copy()
     crop_affine[:3, 3] = affine[:3, :3] @ np.array([start, 0, 0]) + affine[:3, 3]
-    crop = {key: f"left/{key}.nii.gz" for key in volumes}
+    crop = {key: f"left/template-left_{key}.nii.gz" for key in volumes}
     for key, volume in volumes.items():
         atomic_save_nifti(out_dir / crop[key], volume[start:stop], crop_affine)
-    atomic_save_nifti(out_dir / "left/mask.nii.gz", brain[start:stop].astype(np.uint8), crop_affine)
-    entries["training"] = {"subject": "template-left", **crop, "mask": "left/mask.nii.gz"}
+    atomic_save_nifti(out_dir / "left/template-left_mask.nii.gz", brain[start:stop].astype(np.uint8), crop_affine)
+    entries["training"] = {"subject": "template-left", **crop, "mask": "left/template-left_mask.nii.gz"}
 
     datalist = {
         "description": (

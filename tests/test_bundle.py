@@ -190,7 +190,7 @@ def test_cli_training_and_torchrun_multi_gpu_overlay(data_dir, tmp_path):
 def test_bad_input_gets_a_clear_error(overrides, breaker, message, data_dir, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(data_dir, data)
-    datalist = json.loads((data / "datalist.json").read_text())
+    datalist = json.loads((data / "datalist.json").read_text(encoding="utf-8"))
     first = datalist["training"][0]
     if breaker == "delete":
         (data / first["pet"]).unlink()

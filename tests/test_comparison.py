@@ -71,7 +71,7 @@ def test_template_case_splits_hemispheres_with_a_guard_band(tmp_path, monkeypatc
     affine = _fake_spm_wheel(cache / realdata.SPM_WHEEL)
     monkeypatch.setattr(realdata, "SPM_SHA256", realdata._sha256(cache / realdata.SPM_WHEEL))
     datalist = realdata.build_template_case(tmp_path / "case", guard_mm=4.0, cache_dir=cache)
-    content = json.loads(datalist.read_text())
+    content = json.loads(datalist.read_text(encoding="utf-8"))
     x = affine[0, 0] * np.arange(20) + affine[0, 3]  # 19, 17, ..., -19 mm
 
     train = nib.load(str(tmp_path / "case" / content["training"][0]["t1w"]))

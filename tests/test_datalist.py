@@ -40,7 +40,7 @@ def _bids(root, subjects=("sub-01", "sub-02", "sub-03", "sub-04"), sessions=None
 def test_bids_layout_with_sessions(tmp_path):
     root = _bids(tmp_path / "data", sessions={"sub-02": ["ses-1", "ses-2"]})
     out = build_datalist(root, tmp_path / "lists" / "datalist.json", KEYS, seed=3)
-    datalist = json.loads(out.read_text())
+    datalist = json.loads(out.read_text(encoding="utf-8"))
     entries = [e for part in ("training", "validation", "test") for e in datalist[part]]
     assert sorted(e["id"] for e in entries) == ["sub-01", "sub-02_ses-1", "sub-02_ses-2", "sub-03", "sub-04"]
     # both sessions of sub-02 fall in the same list (the split is by subject)
@@ -60,7 +60,7 @@ def test_flat_layout_with_itk_formats(tmp_path):
             itk.imwrite(image, str(tmp_path / name))
     keys = {"t1w": "{subject}_t1.mha", "flair": "{subject}_flair.nrrd"}
     out = build_datalist(tmp_path, tmp_path / "datalist.json", keys, layout="flat")
-    datalist = json.loads(out.read_text())
+    datalist = json.loads(out.read_text(encoding="utf-8"))
     assert sorted(e["subject"] for p in ("training", "validation", "test") for e in datalist[p]) == ["a1", "b2", "c3"]
 
 

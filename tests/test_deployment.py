@@ -57,7 +57,7 @@ ZOO_README_SECTIONS = [
 
 
 def _metadata() -> dict:
-    return json.loads((CONFIGS / "metadata.json").read_text())
+    return json.loads((CONFIGS / "metadata.json").read_text(encoding="utf-8"))
 
 
 def _requirements() -> dict[str, Requirement]:
@@ -72,10 +72,10 @@ def test_zoo_required_files_and_readme_outline():
     for relative in ("LICENSE", "configs/metadata.json", "configs/inference.json", "docs/README.md"):
         assert (BUNDLE / relative).is_file(), relative
     assert (BUNDLE / "docs" / "data_license.txt").is_file()
-    readme = (BUNDLE / "docs" / "README.md").read_text()
+    readme = (BUNDLE / "docs" / "README.md").read_text(encoding="utf-8")
     headings = [line[3:].strip() for line in readme.splitlines() if line.startswith("## ")]
     assert headings[: len(ZOO_README_SECTIONS)] == ZOO_README_SECTIONS
-    assert all(json.loads(p.read_text()) is not None for p in CONFIGS.rglob("*.json"))  # every config is valid JSON
+    assert all(json.loads(p.read_text(encoding="utf-8")) is not None for p in CONFIGS.rglob("*.json"))  # every config is valid JSON
 
 
 def test_metadata_mandatory_keys_versions_and_tensor_specs():
@@ -128,7 +128,7 @@ def test_check_properties_of_every_workflow_and_task(configs, kind, data_dir, tm
 def stacked_case(data_dir, tmp_path_factory) -> dict:
     """One test subject as MONAI Label sends it: T1w and FLAIR stacked in one 4D NIfTI, no mask."""
     out = tmp_path_factory.mktemp("stacked")
-    entry = json.loads((data_dir / "datalist.json").read_text())["test"][0]
+    entry = json.loads((data_dir / "datalist.json").read_text(encoding="utf-8"))["test"][0]
     t1w, flair = (nib.load(str(data_dir / entry[k])) for k in ("t1w", "flair"))
     stacked = np.stack([np.asanyarray(t1w.dataobj), np.asanyarray(flair.dataobj)], axis=-1).astype(np.float32)
     nib.save(nib.Nifti1Image(stacked, t1w.affine), str(out / "image.nii.gz"))
@@ -165,7 +165,7 @@ def test_monai_label_inference_call(as_list, stacked_case, data_dir, tmp_path):
     postprocessing.transforms = tuple(t for t in postprocessing.transforms if type(t).__name__ != "SaveImaged")
 
     if as_list:  # a list of per-modality files is accepted too
-        entry = json.loads((data_dir / "datalist.json").read_text())["test"][0]
+        entry = json.loads((data_dir / "datalist.json").read_text(encoding="utf-8"))["test"][0]
         image = [str(data_dir / entry["t1w"]), str(data_dir / entry["flair"])]
     else:
         image = stacked_case["image"]
@@ -175,7 +175,7 @@ def test_monai_label_inference_call(as_list, stacked_case, data_dir, tmp_path):
         data["pred"] = inferer(data["image"][None], network)[0]
     result = postprocessing(data)
     pred = result["pred"]
-    reference = nib.load(str(data_dir / json.loads((data_dir / "datalist.json").read_text())["test"][0]["t1w"]))
+    reference = nib.load(str(data_dir / json.loads((data_dir / "datalist.json").read_text(encoding="utf-8"))["test"][0]["t1w"]))
     assert tuple(pred.shape) == (1, *reference.shape)
     assert pred.dtype == torch.float32 and torch.isfinite(pred).all()
     np.testing.assert_allclose(np.asarray(pred.affine), reference.affine, atol=1e-4)
@@ -308,7 +308,7 @@ def _write_itk(array: np.ndarray, path: Path, spacing, origin, kind: str) -> str
 def test_inference_reads_itk_formats_and_writes_nifti_on_the_input_grid(kind, data_dir, tmp_path):
     from monai.transforms import LoadImage
 
-    entry = json.loads((data_dir / "datalist.json").read_text())["test"][0]
+    entry = json.loads((data_dir / "datalist.json").read_text(encoding="utf-8"))["test"][0]
     spacing, origin = (2.0, 2.0, 2.0), (-30.0, -40.0, -20.0)
     files = {}
     for key in ("t1w", "flair"):
@@ -349,7 +349,7 @@ def test_release_writes_large_files_with_hashes(tmp_path):
     (tmp_path / "models" / "model.pt").write_bytes(b"weights")
     with pytest.raises(ValueError, match="--url-base"):
         write_large_files(tmp_path, "ftp://example.org")
-    lines = write_large_files(tmp_path, "https://example.org/v1/").read_text().splitlines()
+    lines = write_large_files(tmp_path, "https://example.org/v1/").read_text(encoding="utf-8").splitlines()
     assert lines[0] == "large_files:"
     entry = json.loads(lines[1].removeprefix("  - "))
     assert entry == {
@@ -362,6 +362,7 @@ def test_release_writes_large_files_with_hashes(tmp_path):
 
 def test_tracking_mlflow_with_a_local_store(data_dir, tmp_path):
     pytest.importorskip("mlflow")
+    pytest.importorskip("sqlalchemy")  # MLflow's local SQLite store (the `tracking` extra installs it)
     store = "sqlite:///" + str(tmp_path / "eval" / "mlruns.db")  # MONAI's default tracking_uri for mlflow
     workflow = ConfigWorkflow(
         config_file=str(CONFIGS / "train.json"),

@@ -28,7 +28,7 @@ def cohort(tmp_path_factory):
 
 
 def _entries(data_dir):
-    datalist = json.loads((data_dir / "datalist.json").read_text())
+    datalist = json.loads((data_dir / "datalist.json").read_text(encoding="utf-8"))
     return sorted((e for p in ("training", "validation", "test") for e in datalist[p]), key=lambda e: e["subject"])
 
 
@@ -61,7 +61,7 @@ def test_check_cli_fails_on_out_of_range(cohort, tmp_path):
     # Copy the cohort with one PET scaled by 1.5: the cerebellar reference is no longer 1.
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "datalist.json").write_text((cohort / "datalist.json").read_text())
+    (broken / "datalist.json").write_text((cohort / "datalist.json").read_text(encoding="utf-8"))
     for entry in _entries(cohort):
         (broken / entry["subject"]).mkdir()
         for key in list(MODALITIES) + ["latents"]:
@@ -75,7 +75,7 @@ def test_check_cli_fails_on_out_of_range(cohort, tmp_path):
 
 def test_latents_and_modalities(cohort):
     for entry in _entries(cohort):
-        latents = json.loads((cohort / entry["latents"]).read_text())
+        latents = json.loads((cohort / entry["latents"]).read_text(encoding="utf-8"))
         assert {"age", "amyloid_positive", "centiloid", "atrophy", "wmh_ml"} <= set(latents)
         assert 55 <= latents["age"] <= 90
         assert latents["amyloid_positive"] == (latents["centiloid"] >= 20)
@@ -118,7 +118,7 @@ def test_datalist_round_trip_through_monai(cohort):
     )
     sample = load(training[0])
     assert tuple(sample["image"].shape) == (2, 99, 117, 95) and tuple(sample["pet"].shape) == (1, 99, 117, 95)
-    datalist = json.loads((cohort / "datalist.json").read_text())
+    datalist = json.loads((cohort / "datalist.json").read_text(encoding="utf-8"))
     subjects = [e["subject"] for p in ("training", "validation", "test") for e in datalist[p]]
     assert len(subjects) == len(set(subjects)) == 4 and datalist["validation"] and datalist["test"]
 

@@ -113,12 +113,12 @@ def check_cohort(data_dir: str | Path, png: str | Path | None = None, subject: s
         raise FileNotFoundError(
             f"{datalist_path} not found: expected a folder written by python -m custom_nets.phantom."
         )
-    datalist = json.loads(datalist_path.read_text())
+    datalist = json.loads(datalist_path.read_text(encoding="utf-8"))
     entries = [e for part in ("training", "validation", "test") for e in datalist.get(part, [])]
     rows, all_ok = [], True
     for entry in sorted(entries, key=lambda e: e["subject"]):
         volumes = {m: _load(data_dir / entry[m]) for m in MODALITIES}
-        latents = json.loads((data_dir / entry["latents"]).read_text())
+        latents = json.loads((data_dir / entry["latents"]).read_text(encoding="utf-8"))
         voxel_ml = float(np.prod(nib.load(str(data_dir / entry["mask"])).header.get_zooms()[:3])) / 1000
         metrics = check_subject(volumes, latents, voxel_ml)
         failures = [k for k, v in metrics.items() if np.isfinite(v) and not EXPECTED[k][0] <= v <= EXPECTED[k][1]]
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(args.data_dir)
     subject = args.subject
     if subject is None:
-        datalist = json.loads((data_dir / DATALIST_NAME).read_text()) if (data_dir / DATALIST_NAME).is_file() else {}
+        datalist = json.loads((data_dir / DATALIST_NAME).read_text(encoding="utf-8")) if (data_dir / DATALIST_NAME).is_file() else {}
         subject = min(
             (e["subject"] for p in ("training", "validation", "test") for e in datalist.get(p, [])), default=None
         )
