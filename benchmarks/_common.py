@@ -52,7 +52,9 @@ def peak_mb_since(base_kib: int, device: str = "cpu") -> float:
     return (rss_kib("VmHWM") - base_kib) / 1024
 
 
-def run_child(script: str, case: dict, threads: int, exact_memory: bool = False) -> dict:
+def run_child(
+    script: str, case: dict, threads: int, exact_memory: bool = False, extra: list[str] | None = None
+) -> dict:
     """Run ``script --case JSON --threads N`` in a fresh interpreter and return the JSON of its last output line.
 
     ``exact_memory`` fixes glibc's mmap threshold so that the peak RSS is the peak of live tensors; it also makes
@@ -61,7 +63,7 @@ def run_child(script: str, case: dict, threads: int, exact_memory: bool = False)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     if exact_memory:
         env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 20)
-    command = [sys.executable, script, "--case", json.dumps(case), "--threads", str(threads)]
+    command = [sys.executable, script, "--case", json.dumps(case), "--threads", str(threads), *(extra or [])]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"case {case} failed:\n{result.stderr[-3000:]}")

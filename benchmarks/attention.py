@@ -18,9 +18,12 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import peak_mb_since, reset_peak, run_child  # noqa: E402
 
 VARIANTS = {  # name: (implementation, pool_size)
     "naive": ("naive", 1),
@@ -29,14 +32,6 @@ VARIANTS = {  # name: (implementation, pool_size)
     "pooled-fused": ("fused", 2),
 }
 NAIVE_FACTOR = 3.0  # peak ≈ 3 × the fp32 score matrix for forward + backward
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def run_case(size: int, channels: int, variant: str, threads: int, repeats: int) -> dict:
@@ -53,12 +48,7 @@ def run_case(size: int, channels: int, variant: str, threads: int, repeats: int)
         block.sigma.fill_(0.5)
     x = torch.randn(1, channels, size, size, size, requires_grad=True)
     upstream = torch.randn_like(x)
-    base_kib = _rss_kib("VmRSS")
-    try:
-        with open("/proc/self/clear_refs", "w") as clear:
-            clear.write("5")  # resets VmHWM (peak RSS) to the current RSS
-    except OSError:
-        pass
+    base_kib = reset_peak()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -66,7 +56,7 @@ def run_case(size: int, channels: int, variant: str, threads: int, repeats: int)
         times.append(time.perf_counter() - start)
         x.grad = None
         block.zero_grad()
-    return {"seconds": min(times), "peak_mb": (_rss_kib("VmHWM") - base_kib) / 1024}
+    return {"seconds": min(times), "peak_mb": peak_mb_since(base_kib)}
 
 
 def main() -> None:
@@ -77,16 +67,12 @@ def main() -> None:
     parser.add_argument("--naive-max-gb", type=float, default=14.0, help="skip naive cases predicted above this")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--case", nargs=3, help=argparse.SUPPRESS)  # internal: size channels variant
+    parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
-        size, channels, variant = int(args.case[0]), int(args.case[1]), args.case[2]
-        print(json.dumps(run_case(size, channels, variant, args.threads, args.repeats)))
+        print(json.dumps(run_case(**json.loads(args.case), threads=args.threads, repeats=args.repeats)))
         return
 
-    # A fixed mmap threshold makes glibc return every freed block over 1 MiB at once, so the peak RSS is the peak of
-    # live tensors rather than of the allocator's cache (its default threshold grows after each large free).
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
     rows = []
     for size in args.sizes:
         for channels in args.channels:
@@ -98,10 +84,12 @@ def main() -> None:
                 if VARIANTS[variant][0] == "naive" and predicted_gb > args.naive_max_gb:
                     row.update(seconds=None, peak_mb=predicted_gb * 1e3, extrapolated=True)
                 else:
-                    command = [sys.executable, __file__, "--case", str(size), str(channels), variant]
-                    command += ["--threads", str(args.threads), "--repeats", str(args.repeats)]
-                    out = subprocess.run(command, check=True, capture_output=True, text=True, env=env).stdout
-                    row.update(json.loads(out.strip().splitlines()[-1]), extrapolated=False)
+                    case = {"size": size, "channels": channels, "variant": variant}
+                    script = os.path.abspath(__file__)
+                    row.update(
+                        run_child(script, case, args.threads, True, ["--repeats", str(args.repeats)]),
+                        extrapolated=False,
+                    )
                 rows.append(row)
                 print(f"  measured {row}", file=sys.stderr, flush=True)
 

@@ -10,6 +10,7 @@
 
     python benchmarks/train_step.py                   # 32³ and 64³, ~5 min on 2 cores
     python benchmarks/train_step.py --sizes 32 --repeats 2
+    python benchmarks/train_step.py --sizes 64 --profile generator_only    # where the time goes
 
 Every case runs in a fresh process (its own peak memory). bf16 cases run only where bf16 is native (CUDA, or CPUs
 with AVX512-BF16/AMX); elsewhere the table says why and gives the measured bf16/fp32 conv ratio instead.
@@ -134,13 +135,38 @@ def step_case(model: str, size: int, precision: str, channels_last: bool, repeat
     }
 
 
+def profile_step(model: str, size: int, threads: int) -> None:
+    """Where one step's time goes: the operators with the most self CPU time (torch.profiler), as a table."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.set_num_threads(threads)
+    holder: dict = {}
+    original = timed
+
+    def capture(step, repeats, warmup=1, device="cpu"):
+        holder["step"] = step
+        return original(step, 1, warmup=0, device=device)
+
+    globals()["timed"] = capture
+    step_case(model, size, "fp32", False, repeats=1)
+    globals()["timed"] = original
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        holder["step"]()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--profile", choices=["scgan", "generator_only", "monai_unet"], help="profile one step instead")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.profile:
+        profile_step(args.profile, args.sizes[0], args.threads)
+        return
     if args.case:
         import torch
 

@@ -124,12 +124,12 @@ def build_template_case(out_dir: str | Path, guard_mm: float = 8.0, cache_dir: s
         atomic_save_nifti(out_dir / full[key], volume, affine)
     atomic_save_nifti(out_dir / "full/template-right_mask.nii.gz", brain.astype(np.uint8), affine)
     score = brain & right[:, None, None]
-    atomic_save_nifti(out_dir / "full/score_mask.nii.gz", score.astype(np.uint8), affine)
+    atomic_save_nifti(out_dir / "full/template-right_score_mask.nii.gz", score.astype(np.uint8), affine)
     entries["test"] = {
         "subject": "template-right",
         **full,
-        "mask": "full/mask.nii.gz",
-        "score_mask": "full/score_mask.nii.gz",
+        "mask": "full/template-right_mask.nii.gz",
+        "score_mask": "full/template-right_score_mask.nii.gz",
     }
 
     index = np.flatnonzero(left)

@@ -75,7 +75,9 @@ def test_zoo_required_files_and_readme_outline():
     readme = (BUNDLE / "docs" / "README.md").read_text(encoding="utf-8")
     headings = [line[3:].strip() for line in readme.splitlines() if line.startswith("## ")]
     assert headings[: len(ZOO_README_SECTIONS)] == ZOO_README_SECTIONS
-    assert all(json.loads(p.read_text(encoding="utf-8")) is not None for p in CONFIGS.rglob("*.json"))  # every config is valid JSON
+    assert all(
+        json.loads(p.read_text(encoding="utf-8")) is not None for p in CONFIGS.rglob("*.json")
+    )  # every config is valid JSON
 
 
 def test_metadata_mandatory_keys_versions_and_tensor_specs():
@@ -175,7 +177,9 @@ def test_monai_label_inference_call(as_list, stacked_case, data_dir, tmp_path):
         data["pred"] = inferer(data["image"][None], network)[0]
     result = postprocessing(data)
     pred = result["pred"]
-    reference = nib.load(str(data_dir / json.loads((data_dir / "datalist.json").read_text(encoding="utf-8"))["test"][0]["t1w"]))
+    reference = nib.load(
+        str(data_dir / json.loads((data_dir / "datalist.json").read_text(encoding="utf-8"))["test"][0]["t1w"])
+    )
     assert tuple(pred.shape) == (1, *reference.shape)
     assert pred.dtype == torch.float32 and torch.isfinite(pred).all()
     np.testing.assert_allclose(np.asarray(pred.affine), reference.affine, atol=1e-4)
