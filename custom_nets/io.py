@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -12,7 +13,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_save_nifti", "atomic_write_bytes"]
+__all__ = ["atomic_write_text", "atomic_write_json", "atomic_save_nifti", "atomic_write_bytes", "sha256_of"]
 
 
 def _publish(temporary: str, path: Path) -> None:
@@ -21,6 +22,15 @@ def _publish(temporary: str, path: Path) -> None:
     os.umask(umask)
     os.chmod(temporary, 0o666 & ~umask)
     os.replace(temporary, path)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:

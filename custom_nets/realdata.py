@@ -17,7 +17,6 @@ checked against a pinned SHA-256 and read in place; nothing is committed.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import os
 import subprocess
@@ -29,7 +28,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from custom_nets.io import atomic_save_nifti, atomic_write_json
+from custom_nets.io import atomic_save_nifti, atomic_write_json, sha256_of
 
 __all__ = ["SPM_REQUIREMENT", "fetch_spm_wheel", "read_spm_image", "build_template_case"]
 
@@ -52,19 +51,11 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SCGAN_CACHE", Path.home() / ".cache" / "scgan-bundle"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch_spm_wheel(cache_dir: str | Path | None = None) -> Path:
     """The cached SPM runtime wheel, downloaded with ``pip download --no-deps`` on first use and checked by hash."""
     cache = Path(cache_dir) if cache_dir else _cache_dir()
     wheel = cache / SPM_WHEEL
-    if wheel.is_file() and _sha256(wheel) == SPM_SHA256:
+    if wheel.is_file() and sha256_of(wheel) == SPM_SHA256:
         return wheel
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
@@ -77,7 +68,7 @@ def fetch_spm_wheel(cache_dir: str | Path | None = None) -> Path:
                 f"could not download {SPM_REQUIREMENT} from the package index (pip exit {result.returncode}): "
                 f"{result.stderr.strip()[-500:]}"
             )
-        found = _sha256(downloaded)
+        found = sha256_of(downloaded)
         if found != SPM_SHA256:
             raise RuntimeError(f"{SPM_REQUIREMENT}: SHA-256 {found} differs from the pinned {SPM_SHA256}.")
         os.replace(downloaded, wheel)

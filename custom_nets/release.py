@@ -10,23 +10,14 @@ given here (for example a GitHub release) before publishing the bundle.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 
-from custom_nets.io import atomic_write_text
+from custom_nets.io import atomic_write_text, sha256_of
 
 __all__ = ["write_large_files"]
 
 WEIGHT_SUFFIXES = (".pt", ".ts", ".onnx")
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def write_large_files(bundle: str | Path, url_base: str) -> Path:
@@ -41,7 +32,7 @@ def write_large_files(bundle: str | Path, url_base: str) -> Path:
         {
             "path": f"models/{p.name}",
             "url": f"{url_base.rstrip('/')}/{p.name}",
-            "hash_val": _sha256(p),
+            "hash_val": sha256_of(p),
             "hash_type": "sha256",
         }
         for p in weights

@@ -14,6 +14,7 @@ from conftest import TINY
 import custom_nets.realdata as realdata
 from custom_nets.comparison import comparison_figure, markdown_table, model_overlays, run_baselines, run_models
 from custom_nets.experiments import RunSettings
+from custom_nets.io import sha256_of
 
 TINY_RUN = {**TINY, "discriminator_def#channels": [8, 8, 16, 16]}
 
@@ -69,7 +70,7 @@ def test_template_case_splits_hemispheres_with_a_guard_band(tmp_path, monkeypatc
     cache = tmp_path / "cache"
     cache.mkdir()
     affine = _fake_spm_wheel(cache / realdata.SPM_WHEEL)
-    monkeypatch.setattr(realdata, "SPM_SHA256", realdata._sha256(cache / realdata.SPM_WHEEL))
+    monkeypatch.setattr(realdata, "SPM_SHA256", sha256_of(cache / realdata.SPM_WHEEL))
     datalist = realdata.build_template_case(tmp_path / "case", guard_mm=4.0, cache_dir=cache)
     content = json.loads(datalist.read_text(encoding="utf-8"))
     x = affine[0, 0] * np.arange(20) + affine[0, 3]  # 19, 17, ..., -19 mm

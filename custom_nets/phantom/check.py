@@ -144,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(args.data_dir)
     subject = args.subject
     if subject is None:
-        datalist = json.loads((data_dir / DATALIST_NAME).read_text(encoding="utf-8")) if (data_dir / DATALIST_NAME).is_file() else {}
+        datalist = (
+            json.loads((data_dir / DATALIST_NAME).read_text(encoding="utf-8"))
+            if (data_dir / DATALIST_NAME).is_file()
+            else {}
+        )
         subject = min(
             (e["subject"] for p in ("training", "validation", "test") for e in datalist.get(p, [])), default=None
         )
