@@ -101,10 +101,11 @@ def main(argv: list[str] | None = None) -> int:
             1
             - row["scores"]["summary"]["nrmse"]["mean"] / baselines[best_baseline]["scores"]["summary"]["nrmse"]["mean"]
         )
-        verdict = "better" if gain > 0 else "worse: it does not beat this baseline here"
+        verdict = "" if gain > 0 else ": it does not beat this baseline here"
         lines.append(
-            f"- {MODEL_LABELS[model]}: NRMSE {100 * gain:+.1f} % against the best baseline "
-            f"({BASELINE_LABELS[best_baseline]}), {verdict}; {row['run']['seconds_per_iteration']:.2f} s per iteration."
+            f"- {MODEL_LABELS[model]}: NRMSE {100 * abs(gain):.1f} % {'lower' if gain > 0 else 'higher'} than the best "
+            f"baseline's ({BASELINE_LABELS[best_baseline]}){verdict}; {row['run']['seconds_per_iteration']:.2f} s per "
+            "iteration as recorded (other jobs may have shared the cores)."
         )
     lines += [
         "",

@@ -54,6 +54,29 @@ def offset_share(pred_dir: Path, datalist: Path, target_key: str) -> float:
     return offset / total
 
 
+def _findings(rows: dict, lookup: float) -> list[str]:
+    """What the table says, in words: which settings beat the lookup table, and the cost of the best one."""
+    learned = {name: row for name, row in rows.items() if row["seconds_per_iteration"] is not None}
+    better = {name: row for name, row in learned.items() if row["nrmse"] < lookup}
+    best = min(learned, key=lambda name: learned[name]["nrmse"])
+    lines = ["## Findings", ""]
+    if better:
+        lines.append(
+            "Beat the intensity lookup table: "
+            + "; ".join(
+                f"{name} ({100 * (1 - row['nrmse'] / lookup):.1f} % lower NRMSE)" for name, row in better.items()
+            )
+            + "."
+        )
+    else:
+        lines.append("No learned variant beat the intensity lookup table at this budget.")
+    lines.append(
+        f"Best: {best}, NRMSE {learned[best]['nrmse']:.4f} at {learned[best]['seconds_per_iteration']:.2f} s per "
+        "iteration (the per-iteration cost differs between rows: equal iterations are not equal compute)."
+    )
+    return lines + [""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="pet")
@@ -94,6 +117,10 @@ def main() -> int:
         }
         print(f"  NRMSE {rows[name]['nrmse']:.4f}", flush=True)
     seconds = time.perf_counter() - start
+    recorded = sum(
+        record["train_seconds"] + record["infer_seconds"]
+        for record in (json.loads(path.read_text(encoding="utf-8")) for path in out.glob("variant*/run.json"))
+    )
 
     lookup = rows["intensity_lookup"]["nrmse"]
     table = ["| model | NRMSE | vs lookup table | offset share of MSE | s / iteration |", "|---|---|---|---|---|"]
@@ -107,7 +134,9 @@ def main() -> int:
         f"# Tuning SC-GAN against the per-voxel baselines ({args.task.upper()})",
         "",
         f"Produced by `python benchmarks/tuning.py --task {args.task} --iterations {args.iterations}` (seed "
-        f"{args.seed}) in {seconds / 60:.1f} min on this machine (2 CPU cores). Generated file.",
+        f"{args.seed}) on this machine (2 CPU cores): {recorded / 60:.1f} min of training and inference as recorded in "
+        f"the runs' `run.json` (this invocation {seconds / 60:.1f} min; finished runs are reused; other jobs shared "
+        "the cores for part of it, so the s / iteration column is indicative). Generated file.",
         "",
         f"Every variant: {args.iterations} iterations (4 patches of 32³ each unless stated), final weights, the "
         "default synthetic subjects (16 training, 2 test), brain-masked NRMSE on the test subjects. "
@@ -116,6 +145,7 @@ def main() -> int:
         "",
         *table,
         "",
+        *_findings(rows, lookup),
     ]
     atomic_write_text(Path(args.docs) / "tuning.md", "\n".join(lines) + "\n")
     print("\n".join(table))
