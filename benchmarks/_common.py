@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["rss_kib", "reset_peak", "peak_mb_since", "run_child", "timed", "machine"]
+__all__ = ["rss_kib", "reset_peak", "peak_mb_since", "run_child", "timed", "machine", "print_table"]
 
 
 def rss_kib(field: str = "VmRSS") -> int:
@@ -101,3 +101,11 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def print_table(header: list[str], rows: list[list[object]]) -> None:
+    """Print a markdown table: one header row, then one row per list of already formatted cells."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print("| " + " | ".join(str(cell) for cell in row) + " |")

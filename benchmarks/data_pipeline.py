@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine  # noqa: E402
+from _common import machine, print_table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_SHARE = 0.10
@@ -100,13 +100,20 @@ def main() -> None:
     for workers in args.workers:
         rows.append(measure(data, workers, args.patch, args.iterations))
         print(f"  {rows[-1]}", file=sys.stderr, flush=True)
-    print("| workers | patch | iterations | wait s (median) | step s (median) | time waiting |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['workers']} | {r['patch']}³ | {r['iterations']} | {r['wait_s_median']:.3f} | "
-            f"{r['step_s_median']:.2f} | {100 * r['wait_share']:.1f} % |"
-        )
+    print_table(
+        ["workers", "patch", "iterations", "wait s (median)", "step s (median)", "time waiting"],
+        [
+            [
+                r["workers"],
+                f"{r['patch']}³",
+                r["iterations"],
+                f"{r['wait_s_median']:.3f}",
+                f"{r['step_s_median']:.2f}",
+                f"{100 * r['wait_share']:.1f} %",
+            ]
+            for r in rows
+        ],
+    )
     default = rows[0]
     verdict = (
         "met" if default["wait_share"] < TARGET_SHARE else f"missed by {default['wait_share'] / TARGET_SHARE:.1f}×"

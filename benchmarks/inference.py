@@ -22,7 +22,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import machine, peak_mb_since, reset_peak, run_child, timed  # noqa: E402
+from _common import machine, peak_mb_since, print_table, reset_peak, run_child, timed  # noqa: E402
 
 GRIDS = {"2mm": (91, 109, 91), "1mm": (182, 218, 182), "1mm-via-2mm": (182, 218, 182)}
 TARGET_SECONDS_1MM = 10.0
@@ -88,13 +88,20 @@ def main() -> None:
                 row = {**case, **run_child(script, case, args.threads)}
                 rows.append(row)
                 print(f"  {row}", file=sys.stderr, flush=True)
-    print("| grid | overlap | window batch | windows | seconds | peak MB (upper bound) |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(
-            f"| {r['grid']} {GRIDS[r['grid']]} | {r['overlap']} | {r['sw_batch_size']} | {r['windows']} | "
-            f"{r['seconds']:.2f} | {r['peak_mb']:.0f} |"
-        )
+    print_table(
+        ["grid", "overlap", "window batch", "windows", "seconds", "peak MB (upper bound)"],
+        [
+            [
+                f"{r['grid']} {GRIDS[r['grid']]}",
+                r["overlap"],
+                r["sw_batch_size"],
+                r["windows"],
+                f"{r['seconds']:.2f}",
+                f"{r['peak_mb']:.0f}",
+            ]
+            for r in rows
+        ],
+    )
     default_1mm = [r for r in rows if r["grid"].startswith("1mm") and r["overlap"] == 0.25]
     summary = {"benchmark": "inference", **machine(), "threads": args.threads, "rows": rows}
     if default_1mm:
