@@ -6,7 +6,8 @@
   the inputs; empty cells fall back to the training mean).
 - ``CubicPolynomial``: least-squares cubic polynomial (with cross terms) of the input intensities.
 
-Inputs are scaled per subject and channel by their 0.5–99.5 percentiles inside the brain, as the bundle does.
+Inputs are normalised per subject and channel inside the brain exactly as the bundle does
+(``custom_nets.transforms.normalize_intensity``).
 
     python -m custom_nets.baselines --datalist data/synthetic/datalist.json --target pet --out baselines/pet
 """
@@ -22,6 +23,7 @@ import nibabel as nib
 import numpy as np
 
 from custom_nets.io import atomic_save_nifti
+from custom_nets.transforms import CONTRASTS, normalize_intensity
 
 __all__ = ["scaled_inputs", "PopulationMean", "IntensityLookup", "CubicPolynomial", "BASELINES", "predict_split"]
 
@@ -30,14 +32,16 @@ def _load(path: Path) -> np.ndarray:
     return np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
 
 
-def scaled_inputs(channels: list[np.ndarray], mask: np.ndarray) -> np.ndarray:
-    """``(C, N)`` brain-voxel intensities, each channel scaled to [0, 1] by its 0.5–99.5 percentiles in the mask."""
-    rows = []
-    for channel in channels:
-        values = channel[mask]
-        low, high = np.percentile(values, [0.5, 99.5])
-        rows.append(np.clip((values - low) / max(high - low, 1e-12), 0, 1))
-    return np.stack(rows)
+def scaled_inputs(
+    channels: list[np.ndarray], mask: np.ndarray, method: str = "percentile", input_keys: list[str] | None = None
+) -> np.ndarray:
+    """``(C, N)`` brain-voxel intensities, each channel normalised as the bundle does
+    (``custom_nets.transforms.normalize_intensity``; ``input_keys`` name the contrasts)."""
+    keys = list(input_keys or [])
+    contrasts = [CONTRASTS.get(keys[i].lower(), "other") if i < len(keys) else "other" for i in range(len(channels))]
+    return np.stack(
+        [normalize_intensity(c, mask, method, contrast)[mask] for c, contrast in zip(channels, contrasts)]
+    ).astype(np.float64)
 
 
 class PopulationMean:
@@ -112,33 +116,38 @@ BASELINES = {
 }
 
 
-def _subject(entry: dict, base: Path, input_keys: list[str], target_key: str | None):
+def _subject(entry: dict, base: Path, input_keys: list[str], target_key: str | None, normalization: str = "percentile"):
     for key in list(input_keys) + ([target_key] if target_key else []) + ["mask"]:
         if key not in entry:
             raise ValueError(f"datalist entry {entry.get('subject')}: missing key '{key}' (it has {sorted(entry)}).")
     mask = _load(base / entry["mask"]) > 0
     if not mask.any():
         raise ValueError(f"{base / entry['mask']}: the brain mask is empty.")
-    inputs = scaled_inputs([_load(base / entry[k]) for k in input_keys], mask)
+    inputs = scaled_inputs([_load(base / entry[k]) for k in input_keys], mask, normalization, input_keys)
     target = _load(base / entry[target_key]) if target_key else None
     return inputs, target, mask
 
 
 def predict_split(
-    datalist: str | Path, target_key: str, out_dir: str | Path, input_keys=("t1w", "flair"), split: str = "test"
+    datalist: str | Path,
+    target_key: str,
+    out_dir: str | Path,
+    input_keys=("t1w", "flair"),
+    split: str = "test",
+    normalization: str = "percentile",
 ) -> dict[str, Path]:
     """Fit every baseline on the training split and write its predictions for ``split`` as NIfTI files
     ``out_dir/<baseline>/<subject>_<target>.nii.gz``; returns the folder of each baseline."""
     datalist = Path(datalist)
     content = json.loads(datalist.read_text(encoding="utf-8"))
     base, out_dir = datalist.parent, Path(out_dir)
-    training = [_subject(e, base, list(input_keys), target_key) for e in content["training"]]
+    training = [_subject(e, base, list(input_keys), target_key, normalization) for e in content["training"]]
     folders = {}
     for name, cls in BASELINES.items():
         model = cls().fit([t[0] for t in training], [t[1] for t in training], [t[2] for t in training])
         folders[name] = out_dir / name
         for entry in content[split]:
-            inputs, _, mask = _subject(entry, base, list(input_keys), None)
+            inputs, _, mask = _subject(entry, base, list(input_keys), None, normalization)
             affine = nib.load(str(base / entry["mask"])).affine
             prediction = model.predict(inputs, mask).astype(np.float32)
             atomic_save_nifti(folders[name] / f"{entry['subject']}_{target_key}.nii.gz", prediction, affine)
@@ -152,8 +161,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per baseline)")
     parser.add_argument("--inputs", nargs="+", default=["t1w", "flair"])
     parser.add_argument("--split", default="test")
+    parser.add_argument("--normalization", default="percentile", help="input normalisation (as the bundle's)")
     args = parser.parse_args(argv)
-    for name, folder in predict_split(args.datalist, args.target, args.out, args.inputs, args.split).items():
+    for name, folder in predict_split(
+        args.datalist, args.target, args.out, args.inputs, args.split, args.normalization
+    ).items():
         print(f"{name}: {folder}")
 
 

@@ -1,9 +1,11 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Training handlers: a wall-clock budget, a resumable checkpoint, and a mid-slice image for TensorBoard."""
+"""Training handlers: a wall-clock budget, the cosine learning-rate schedule, a resumable checkpoint, and a mid-slice
+image for TensorBoard."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import time
@@ -13,42 +15,113 @@ from typing import Any
 import torch
 from ignite.engine import Engine, Events
 
-__all__ = ["TimeBudget", "ResumeCheckpoint", "MidSliceImageHandler"]
+__all__ = ["TimeBudget", "CosineSchedule", "ResumeCheckpoint", "MidSliceImageHandler"]
 
 logger = logging.getLogger(__name__)
 
 
 class TimeBudget:
-    """Stop training at the end of the first epoch that finishes after ``minutes`` (0 or less: no budget).
+    """Stop training when ``minutes`` of wall-clock time have passed (0 or less: no budget).
 
-    Checked at epoch end, after validation, so the best checkpoint of every finished epoch is kept. Under
-    torch.distributed rank 0's clock decides for all ranks."""
+    Checked after every iteration: when the budget is spent the current epoch is ended early, so that the epoch-level
+    handlers (validation and the best checkpoint, the resume checkpoint) run once more on the final weights, and
+    training stops after them. It publishes ``engine.state.time_budget_fraction`` (elapsed / budget), which
+    ``CosineSchedule`` follows. Under
+    torch.distributed rank 0's clock decides for all ranks, so every rank stops at the same iteration and uses the
+    same learning rate.
+    """
 
     def __init__(self, minutes: float = 0.0) -> None:
         self.seconds = float(minutes) * 60
         self.start = 0.0
+        self.fraction = 0.0
+        self._spent = False
 
     def attach(self, engine: Engine) -> None:
         if self.seconds <= 0:
             return
         engine.add_event_handler(Events.STARTED, self._started)
-        engine.add_event_handler(Events.EPOCH_COMPLETED, self._check)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self._check_iteration)
+        engine.add_event_handler(Events.EPOCH_COMPLETED, self._check_epoch)
 
     def _started(self, engine: Engine) -> None:
-        self.start = time.perf_counter()
+        self.start, self.fraction, self._spent = time.perf_counter(), 0.0, False
 
-    def _check(self, engine: Engine) -> None:
-        stop = torch.tensor([float(time.perf_counter() - self.start >= self.seconds)])
+    def _check_iteration(self, engine: Engine) -> None:
+        elapsed = torch.tensor([time.perf_counter() - self.start], dtype=torch.float64)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # every rank must stop at the same epoch, or the others would wait forever in the next all-reduce
             backend = torch.distributed.get_backend()
-            stop = stop.cuda() if backend == "nccl" else stop
-            torch.distributed.broadcast(stop, src=0)
-        if stop.item() > 0:
+            elapsed = elapsed.cuda() if backend == "nccl" else elapsed
+            torch.distributed.broadcast(elapsed, src=0)
+        self.fraction = min(float(elapsed.item()) / self.seconds, 1.0)
+        engine.state.time_budget_fraction = self.fraction
+        if self.fraction >= 1.0 and not self._spent:
+            self._spent = True
             logger.info(
-                f"time budget of {self.seconds / 60:.1f} min reached after epoch {engine.state.epoch}: stopping"
+                f"time budget of {self.seconds / 60:.1f} min reached at iteration {engine.state.iteration}: ending "
+                f"epoch {engine.state.epoch} now and stopping after it"
             )
+            engine.terminate_epoch()
+
+    def _check_epoch(self, engine: Engine) -> None:
+        if self._spent:
             engine.terminate()
+
+
+class CosineSchedule:
+    """Cosine annealing of every optimiser's learning rate, from its value at construction to ``min_lr_ratio`` times
+    it, over the run as it actually happens (Loshchilov & Hutter, "SGDR", ICLR 2017, without restarts).
+
+    Progress is the larger of ``iteration / total_iterations`` and ``engine.state.time_budget_fraction`` (set by
+    ``TimeBudget``): an iteration-bound
+    run ends its cosine at its last iteration, a time-bound run when its budget is spent, so the schedule never ends
+    half-way. It is a pure function of the iteration counter (and the budget), so a resumed run with more ``epochs``
+    follows the re-planned, longer schedule, and every DDP rank computes the same value. Optional linear warm-up over
+    ``warmup_iterations``.
+
+    Args:
+        optimizers: optimisers to schedule (``None`` entries are skipped).
+        total_iterations: the planned length, ``epochs × epoch_length``.
+        min_lr_ratio: final learning rate as a fraction of the initial one.
+        warmup_iterations: linear warm-up length.
+
+    Raises:
+        ValueError: ``total_iterations`` < 1 or ``min_lr_ratio`` outside [0, 1].
+    """
+
+    def __init__(
+        self,
+        optimizers: list,
+        total_iterations: int,
+        min_lr_ratio: float = 0.0,
+        warmup_iterations: int = 0,
+    ) -> None:
+        if total_iterations < 1:
+            raise ValueError(f"total_iterations must be >= 1, got {total_iterations}.")
+        if not 0.0 <= min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be within [0, 1], got {min_lr_ratio}.")
+        self.optimizers = [o for o in optimizers if o is not None]
+        # the configured rates, read before a resume checkpoint overwrites the optimisers' param groups
+        self.base_lrs = [[group["lr"] for group in o.param_groups] for o in self.optimizers]
+        self.total_iterations = int(total_iterations)
+        self.min_lr_ratio, self.warmup_iterations = float(min_lr_ratio), int(warmup_iterations)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.ITERATION_STARTED, self)
+
+    def factor(self, iteration: int, time_fraction: float = 0.0) -> float:
+        """Learning-rate multiplier before iteration ``iteration + 1`` (``iteration`` completed so far), with
+        ``time_fraction`` of the time budget spent."""
+        progress = min(max(iteration / self.total_iterations, time_fraction), 1.0)
+        cosine = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        warmup = min(1.0, (iteration + 1) / self.warmup_iterations) if self.warmup_iterations > 0 else 1.0
+        return cosine * warmup
+
+    def __call__(self, engine: Engine) -> None:
+        factor = self.factor(engine.state.iteration, getattr(engine.state, "time_budget_fraction", 0.0))
+        for optimizer, base_lrs in zip(self.optimizers, self.base_lrs):
+            for group, base in zip(optimizer.param_groups, base_lrs):
+                group["lr"] = base * factor
 
 
 class ResumeCheckpoint:

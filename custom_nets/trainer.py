@@ -177,6 +177,26 @@ class ConditionalGanTrainer(Trainer):
             self.device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
         )
 
+    def _check_finite(self, name: str, network: nn.Module, losses: dict[str, torch.Tensor]) -> None:
+        """Raise before the optimiser step when a loss term or the gradient of ``network`` is not finite, so that a
+        non-finite model is never trained on, validated or saved (a NaN in the data, or the CPU bf16 conv3d backward
+        that returned uninitialised gradients for all-zero maps)."""
+        bad_losses = sorted(key for key, value in losses.items() if not torch.isfinite(value).all())
+        gradients = [p.grad for p in network.parameters() if p.grad is not None]
+        norm = torch.nn.utils.get_total_norm(gradients) if gradients else torch.zeros(())
+        if not bad_losses and torch.isfinite(norm):
+            return
+        what = f"loss term(s) {bad_losses}" if bad_losses else f"the {name}'s gradient (norm {float(norm)})"
+        hint = (
+            "check the input and target volumes for NaN/Inf"
+            if bad_losses
+            else "rerun with --amp False (reduced precision)" if self.amp_dtype is not None else "lower lr_g / lr_d"
+        )
+        raise FloatingPointError(
+            f"non-finite {what} at iteration {self.state.iteration} (epoch {self.state.epoch}) while training the "
+            f"{name}; stopped before the optimiser step, so no saved model is affected: {hint}."
+        )
+
     def _iteration(self, engine: ConditionalGanTrainer, batchdata: dict) -> dict:
         if batchdata is None:
             raise ValueError("must provide batch data for current iteration.")
@@ -203,6 +223,7 @@ class ConditionalGanTrainer(Trainer):
                 d_fake = engine.adversarial_loss(fake_logits, target_is_real=False, for_discriminator=True)
                 d_loss = 0.5 * (d_real + d_fake)
                 d_loss.backward()
+                engine._check_finite("discriminator", engine.d_network, {GanKeys.D_REAL: d_real, GanKeys.D_FAKE: d_fake})
                 engine.d_optimizer.step()
             losses.update({GanKeys.D_LOSS: d_loss, GanKeys.D_REAL: d_real, GanKeys.D_FAKE: d_fake})
 
@@ -228,6 +249,7 @@ class ConditionalGanTrainer(Trainer):
             engine.g_scaler.update()
         else:
             g_loss.backward()
+            engine._check_finite("generator", engine.g_network, losses)
             engine.g_optimizer.step()
         if engine.use_gan:
             engine.d_network.requires_grad_(True)

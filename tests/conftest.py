@@ -22,6 +22,7 @@ TINY_TRAIN = {
     **TINY,
     "discriminator_def#channels": [8, 8, 16, 16],
     "epochs": 1,
+    "epoch_length": 2,
     "batch_size": 1,
     "num_samples": 1,
     "progress_bar": False,
