@@ -7,13 +7,19 @@ from __future__ import annotations
 import logging
 import math
 import os
+import random
 import tempfile
 import time
+from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.transforms import Randomizable, Transform
+from torch.utils.data import Dataset, IterableDataset
+from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 __all__ = ["TimeBudget", "CosineSchedule", "ResumeCheckpoint", "MidSliceImageHandler"]
 
@@ -118,39 +124,124 @@ class CosineSchedule:
         return cosine * warmup
 
     def __call__(self, engine: Engine) -> None:
-        factor = self.factor(engine.state.iteration, getattr(engine.state, "time_budget_fraction", 0.0))
+        # ignite counts the starting iteration already: the iterations completed before it are one fewer
+        factor = self.factor(engine.state.iteration - 1, getattr(engine.state, "time_budget_fraction", 0.0))
         for optimizer, base_lrs in zip(self.optimizers, self.base_lrs):
             for group, base in zip(optimizer.param_groups, base_lrs):
                 group["lr"] = base * factor
 
 
+# the ignite Checkpoints a MONAI CheckpointSaver keeps (monai/handlers/checkpoint_saver.py): best, interval, final
+_SAVER_CHECKPOINTS = ("_key_metric_checkpoint", "_interval_checkpoint", "_final_checkpoint")
+
+
 class ResumeCheckpoint:
-    """Save everything needed to resume (networks, optimisers, schedulers, epoch and iteration) to ``path`` after each
-    epoch, atomically; when ``resume`` is true and ``path`` exists, load it when training starts.
+    """Save everything needed to continue training as if it had never stopped to ``path`` after each epoch,
+    atomically; when ``resume`` is true and ``path`` exists, load it when training starts.
+
+    Saved: the ``objects`` (networks, optimisers), epoch and iteration, the trainer's gradient scaler (``g_scaler``,
+    fp16 only), the random states (torch CPU and current CUDA device, numpy, python ``random``, and every MONAI
+    ``Randomizable`` reachable from ``transform``), the training loader's position (the torch random state its
+    current iterator was created from, and how many batches were drawn from it), the ``evaluator``'s best metric and
+    epoch, and the best-model records of the ``savers``. The resumed run thus draws the same shuffles and patches as an
+    uninterrupted one, also when an epoch ends part-way through a pass over the data (``epoch_length``), and a worse
+    validation does not overwrite the best model. Under torch.distributed each rank's random states are kept (rank 0
+    writes the file for all). Files written before an entry existed still load: what is missing is skipped and logged.
 
     Args:
         path: checkpoint file.
         objects: name → object with ``state_dict``/``load_state_dict`` (``None`` values are skipped).
-        resume: load ``path`` at start when it exists.
+        resume: load ``path`` at start when it exists (when it does not, training starts from scratch, with a warning).
+        transform: the training transform (or its dataset, or a list of them) whose random transforms to keep.
+        evaluator: the validation engine whose ``state.best_metric`` and ``state.best_metric_epoch`` to keep.
+        savers: MONAI ``CheckpointSaver``s whose ignite ``Checkpoint`` records (which file holds which score) to keep.
+
+    Raises:
+        ValueError: at load, when the file lacks one of ``objects``.
     """
 
-    def __init__(self, path: str | os.PathLike, objects: dict[str, Any], resume: bool = False) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        objects: dict[str, Any],
+        resume: bool = False,
+        transform: Any = None,
+        evaluator: Engine | None = None,
+        savers: Sequence[Any] | None = None,
+    ) -> None:
         self.path = Path(path)
         self.objects = {name: obj for name, obj in objects.items() if obj is not None}
         self.resume = resume
+        self.randomizables = _randomizables(transform)
+        self.evaluator = evaluator
+        self.savers = list(savers or [])
+        self._loader_start: dict[str, Any] | None = None  # random state the loader's current iterator was made from
+        self._consumed = 0  # batches drawn from that iterator
+        self._iterator_pending = False  # ignite makes a new iterator at the next epoch start
 
     def attach(self, engine: Engine) -> None:
         engine.add_event_handler(Events.STARTED, self.load)
+        engine.add_event_handler(Events.EPOCH_STARTED, self._epoch_started)
+        # ignite makes a new loader iterator right after these two events
+        engine.add_event_handler(Events.DATALOADER_STOP_ITERATION, self._iterator_next)
+        engine.add_event_handler(Events.TERMINATE_SINGLE_EPOCH, self._iterator_next)
+        engine.add_event_handler(Events.GET_BATCH_COMPLETED, self._batch_drawn)
         engine.add_event_handler(Events.EPOCH_COMPLETED, self.save)
 
     def _unwrap(self, obj: Any) -> Any:
         return obj.module if isinstance(obj, torch.nn.parallel.DistributedDataParallel) else obj
 
+    def _epoch_started(self, engine: Engine) -> None:
+        if self._iterator_pending:
+            self._iterator_pending = False
+            self._iterator_next(engine)
+
+    def _iterator_next(self, engine: Engine, **_: Any) -> None:
+        """Note the random state a new loader iterator is about to be made from (its sampler and worker seeds)."""
+        loader = engine.state.dataloader
+        generator = getattr(loader, "generator", None)
+        epoch = getattr(getattr(loader, "sampler", None), "epoch", None)  # DistributedSampler shuffles by epoch
+        self._loader_start = {
+            "torch": torch.get_rng_state(),
+            "generator": None if generator is None else generator.get_state(),
+            "sampler_epoch": None if epoch is None else int(epoch),
+        }
+        self._consumed = 0
+
+    def _batch_drawn(self, engine: Engine) -> None:
+        self._consumed += 1
+
+    def _random_state(self, engine: Engine) -> dict[str, Any]:
+        """This process's random states, in a form ``torch.load(weights_only=True)`` reads."""
+        generator = getattr(engine.state.dataloader, "generator", None)
+        return {
+            "torch": torch.get_rng_state(),
+            # the current device only: touching the others would make a CUDA context on each, in every DDP process
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            "numpy": _numpy_state(np.random.get_state()),
+            "python": random.getstate(),
+            "transforms": [_numpy_state(t.R.get_state()) for t in self.randomizables],
+            "generator": None if generator is None else generator.get_state(),
+            "loader": None if self._loader_start is None else {**self._loader_start, "consumed": self._consumed},
+        }
+
     def save(self, engine: Engine) -> None:
+        randoms = _gather(self._random_state(engine))  # a collective: every rank calls it
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
             return
         state = {name: self._unwrap(obj).state_dict() for name, obj in self.objects.items()}
         state["progress"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
+        state["random"] = randoms
+        if self.evaluator is not None:
+            state["evaluator"] = {
+                "best_metric": _plain(getattr(self.evaluator.state, "best_metric", -1)),
+                "best_metric_epoch": int(getattr(self.evaluator.state, "best_metric_epoch", -1)),
+            }
+        if self.savers:
+            state["savers"] = [_saver_state(saver) for saver in self.savers]
+        scaler = getattr(engine, "g_scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            state["g_scaler"] = scaler.state_dict()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
         os.close(handle)
@@ -162,7 +253,11 @@ class ResumeCheckpoint:
             raise
 
     def load(self, engine: Engine) -> None:
-        if not self.resume or not self.path.is_file():
+        self._loader_start, self._consumed, self._iterator_pending = None, 0, True
+        if not self.resume:
+            return
+        if not self.path.is_file():
+            logger.warning(f"resume requested but {self.path} does not exist: training starts from scratch")
             return
         state = torch.load(self.path, map_location="cpu", weights_only=True)
         missing = [name for name in self.objects if name not in state]
@@ -170,9 +265,173 @@ class ResumeCheckpoint:
             raise ValueError(f"resume checkpoint {self.path} lacks {missing}; it has {sorted(state)}.")
         for name, obj in self.objects.items():
             self._unwrap(obj).load_state_dict(state[name])
-        engine.state.epoch = int(state["progress"]["epoch"])
-        engine.state.iteration = int(state["progress"]["iteration"])
+        iteration = int(state["progress"]["iteration"])
+        epoch_length = engine.state.epoch_length
+        engine.state.iteration = iteration
+        # completed epochs, as ignite counts them on resume: a run that stopped mid-epoch (time budget) finishes it
+        engine.state.epoch = iteration // epoch_length if epoch_length else int(state["progress"]["epoch"])
+        skipped = []
+        if "evaluator" in state and self.evaluator is not None:
+            self.evaluator.state.best_metric = state["evaluator"]["best_metric"]
+            self.evaluator.state.best_metric_epoch = state["evaluator"]["best_metric_epoch"]
+        elif self.evaluator is not None:
+            skipped.append("the best validation metric")
+        if "savers" in state and len(state["savers"]) == len(self.savers):
+            for saver, checkpoints in zip(self.savers, state["savers"]):
+                for name, checkpoint_state in checkpoints.items():
+                    if getattr(saver, name, None) is not None:
+                        getattr(saver, name).load_state_dict(checkpoint_state)
+        elif self.savers:
+            skipped.append("the best-model records of the checkpoint savers")
+        scaler = getattr(engine, "g_scaler", None)
+        if "g_scaler" in state and scaler is not None and scaler.is_enabled():
+            scaler.load_state_dict(state["g_scaler"])
+        randoms = self._this_rank(state.get("random"))
+        if randoms is None:
+            skipped.append("the random states (shuffles and patches differ from an uninterrupted run)")
+        else:
+            self._position_loader(engine, randoms.get("loader"), iteration)
+            skipped += self._set_random_state(engine, randoms)
+        if skipped:
+            logger.warning(f"resume checkpoint {self.path} has no (usable) {'; '.join(skipped)}: not restored")
         logger.info(f"resumed from {self.path} at epoch {engine.state.epoch}, iteration {engine.state.iteration}")
+
+    def _this_rank(self, entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+        if not entries:
+            return None
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        rank, world = (torch.distributed.get_rank(), torch.distributed.get_world_size()) if distributed else (0, 1)
+        if len(entries) != world:
+            logger.warning(f"{self.path} holds the random states of {len(entries)} process(es), resumed with {world}")
+        return entries[rank] if rank < len(entries) else entries[0]
+
+    def _position_loader(self, engine: Engine, loader_state: dict[str, Any] | None, iteration: int) -> None:
+        """Remake the loader iterator the saved run was drawing from and skip the batches it had drawn, so that an
+        epoch that ended part-way through a pass continues that pass (same order, same worker seeds)."""
+        loader = engine.state.dataloader
+        if loader is None or loader_state is None:
+            return
+        consumed = int(loader_state["consumed"])
+        length = len(loader) if isinstance(loader, Sized) else None
+        if length is not None and consumed >= length:
+            return  # pass finished: ignite makes the next iterator from the restored state, as the saved run would
+        torch.set_rng_state(loader_state["torch"])
+        generator = getattr(loader, "generator", None)
+        if generator is not None and loader_state.get("generator") is not None:
+            generator.set_state(loader_state["generator"])
+        sampler = getattr(loader, "sampler", None)
+        if loader_state.get("sampler_epoch") is not None and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(loader_state["sampler_epoch"])
+        iterator = iter(loader)
+        try:
+            if isinstance(iterator, _SingleProcessDataLoaderIter) and not isinstance(loader.dataset, IterableDataset):
+                # indices only: loading and augmenting the skipped batches is wasted, their random states are restored
+                for _ in range(consumed):
+                    iterator._next_index()
+                iterator._num_yielded += consumed
+            else:
+                for _ in range(consumed):
+                    next(iterator)
+        except StopIteration:
+            return
+        # ignite's own resume would make a fresh iterator: hand it this one, and the position within the epoch
+        engine._dataloader_iter = iterator
+        engine._init_iter = iteration % engine.state.epoch_length if engine.state.epoch_length else 0
+        self._loader_start = {key: value for key, value in loader_state.items() if key != "consumed"}
+        self._consumed, self._iterator_pending = consumed, False
+
+    def _set_random_state(self, engine: Engine, randoms: dict[str, Any]) -> list[str]:
+        """Restore this process's random states; return what could not be restored."""
+        skipped = []
+        torch.set_rng_state(randoms["torch"])
+        if randoms.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(randoms["cuda"])
+        elif randoms.get("cuda") is not None:
+            skipped.append("CUDA random state (no CUDA here)")
+        np.random.set_state(_numpy_tuple(randoms["numpy"]))
+        random.setstate(randoms["python"])
+        transforms = randoms.get("transforms", [])
+        if len(transforms) == len(self.randomizables):
+            for transform, transform_state in zip(self.randomizables, transforms):
+                transform.R.set_state(_numpy_tuple(transform_state))
+        else:
+            skipped.append(f"states for the {len(self.randomizables)} random transforms (it has {len(transforms)})")
+        generator = getattr(engine.state.dataloader, "generator", None)
+        if generator is not None and randoms.get("generator") is not None:
+            generator.set_state(randoms["generator"])
+        return skipped
+
+
+def _randomizables(root: Any) -> list[Randomizable]:
+    """Every MONAI ``Randomizable`` reachable from ``root`` (a transform, a dataset with ``transform``, or a list of
+    them), each once, in a fixed depth-first order. Nested ones count: ``RandCropByPosNegLabeld`` draws from its inner
+    ``cropper``'s generator, not its own."""
+    found: list[Randomizable] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any) -> None:
+        if id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, Randomizable):
+            found.append(obj)
+        if isinstance(obj, (list, tuple)):
+            children = list(obj)
+        elif isinstance(obj, Mapping):
+            children = list(obj.values())
+        elif isinstance(obj, (Transform, Randomizable)):
+            children = list(vars(obj).values())
+        elif isinstance(obj, Dataset) and hasattr(obj, "transform"):
+            children = [obj.transform]
+        else:
+            return
+        for child in children:
+            visit(child)
+
+    if root is not None:
+        visit(root)
+    return found
+
+
+def _gather(obj: Any) -> list[Any]:
+    """``obj`` of every rank, in rank order (``[obj]`` outside torch.distributed)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return [obj]
+    gathered: list[Any] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
+
+
+def _numpy_state(state: tuple) -> dict[str, Any]:
+    """A legacy numpy ``RandomState`` state, without numpy arrays (``torch.load(weights_only=True)`` refuses them)."""
+    kind, key, position, has_gauss, cached_gaussian = state
+    return {
+        "kind": kind,
+        "key": torch.from_numpy(key.astype(np.int64)),
+        "pos": int(position),
+        "has_gauss": int(has_gauss),
+        "cached_gaussian": float(cached_gaussian),
+    }
+
+
+def _numpy_tuple(state: dict[str, Any]) -> tuple:
+    key = state["key"].numpy().astype(np.uint32)
+    return state["kind"], key, state["pos"], state["has_gauss"], state["cached_gaussian"]
+
+
+def _plain(value: Any) -> Any:
+    """A Python number for a 0-d tensor or numpy scalar (which ``torch.load(weights_only=True)`` refuses)."""
+    return value.item() if isinstance(value, (torch.Tensor, np.generic)) else value
+
+
+def _saver_state(saver: Any) -> dict[str, dict[str, list]]:
+    """The ``(priority, filename)`` records of the ignite ``Checkpoint``s inside a MONAI ``CheckpointSaver``."""
+    checkpoints = {name: getattr(saver, name, None) for name in _SAVER_CHECKPOINTS}
+    return {
+        name: {key: [(_plain(p), str(f)) for p, f in items] for key, items in checkpoint.state_dict().items()}
+        for name, checkpoint in checkpoints.items()
+        if checkpoint is not None
+    }
 
 
 LOSS_KEYS = ("g_loss", "d_loss", "adv", "fm", "l1", "rmse")
