@@ -3,16 +3,16 @@
 inference workflow: the building block of the comparison and ablation runs (``benchmarks/paper_table.py``) and of
 the real-template case (``benchmarks/real_case.py``).
 
-Every model of a comparison gets the same budget: the same iterations, patch size, patches per iteration, seed and
-learning-rate schedule; no model selection on validation data (the final weights are used), so that the only
-difference between runs is the model overlay.
+Every model of a comparison gets the same budget: either the same wall-clock minutes on the same machine (equal
+compute; the iterations each model reached are recorded) or the same iterations, and the same patch size, patches per
+iteration, seed and learning-rate schedule (a cosine over the budget); no model selection on validation data (the
+final weights are used), so that the only difference between runs is the model overlay.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import math
 import time
 from pathlib import Path
 
@@ -30,17 +30,19 @@ class RunSettings(dict):
 
     def __init__(
         self,
-        iterations: int,
+        iterations: int = 0,
+        minutes: float = 0.0,
         patch_size: int = 32,
         batch_size: int = 2,
         num_samples: int = 2,
         seed: int = 0,
         sw_overlap: float = 0.25,
     ) -> None:
-        if iterations < 1:
-            raise ValueError(f"iterations must be >= 1, got {iterations}.")
+        if (iterations >= 1) == (minutes > 0):
+            raise ValueError(f"give either iterations >= 1 or minutes > 0, got iterations {iterations}, minutes {minutes}.")
         super().__init__(
             iterations=int(iterations),
+            minutes=float(minutes),
             patch_size=int(patch_size),
             batch_size=int(batch_size),
             num_samples=int(num_samples),
@@ -67,8 +69,8 @@ def train_and_infer(
     overrides: dict | None = None,
     reuse: bool = True,
 ) -> dict:
-    """Train ``train.json`` + the task overlay + ``model_overlays`` for ``settings["iterations"]`` iterations, save
-    the final generator to ``out_dir/models/`` and synthesise ``split`` into ``out_dir/predictions``.
+    """Train ``train.json`` + the task overlay + ``model_overlays`` for ``settings["iterations"]`` iterations or
+    ``settings["minutes"]`` of wall-clock time, save the final generator to ``out_dir/models/`` and synthesise ``split`` into ``out_dir/predictions``.
 
     Returns (and writes to ``out_dir/run.json``) the settings, the iterations run, the training seconds and seconds
     per iteration. A finished run with identical settings is reused when ``reuse`` is true.
@@ -84,9 +86,11 @@ def train_and_infer(
         if record.get("identity") == identity and (out_dir / "predictions").is_dir():
             return record
 
-    n_train = len(json.loads(datalist.read_text(encoding="utf-8"))["training"])
-    iterations_per_epoch = math.ceil(n_train / settings["batch_size"])
-    epochs = math.ceil(settings["iterations"] / iterations_per_epoch)
+    if settings["minutes"] > 0:
+        # the time budget ends the run; the cosine schedule follows the budget's elapsed fraction
+        epoch_length, epochs, budget = 50, 10**6, settings["minutes"]
+    else:
+        epoch_length, epochs, budget = settings["iterations"], 1, 0
     patch = [settings["patch_size"]] * 3
     common = {
         "bundle_root": str(out_dir),
@@ -106,6 +110,8 @@ def train_and_infer(
         workflow_type="train",
         **{
             "epochs": epochs,
+            "epoch_length": epoch_length,
+            "time_budget_minutes": budget,
             "val_interval": epochs + 1,  # no model selection: every model is scored with its final weights
             "batch_size": settings["batch_size"],
             "num_samples": settings["num_samples"],

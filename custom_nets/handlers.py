@@ -216,8 +216,9 @@ class ResumeCheckpoint:
         generator = getattr(engine.state.dataloader, "generator", None)
         return {
             "torch": torch.get_rng_state(),
-            # the current device only: touching the others would make a CUDA context on each, in every DDP process
-            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+            # the current device only: touching the others would make a CUDA context on each, in every DDP process;
+            # none before CUDA is used (its seed is still pending then, and stays so in the resumed run)
+            "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None,
             "numpy": _numpy_state(np.random.get_state()),
             "python": random.getstate(),
             "transforms": [_numpy_state(t.R.get_state()) for t in self.randomizables],

@@ -17,7 +17,16 @@ import torch.nn.functional as F
 from monai.metrics import CumulativeIterationMetric
 from monai.utils import MetricReduction
 
-__all__ = ["masked_rmse", "masked_nrmse", "masked_psnr", "masked_ssim", "BrainMaskedMetric", "pred_and_label_with_mask"]
+__all__ = [
+    "masked_rmse",
+    "masked_nrmse",
+    "masked_psnr",
+    "masked_ssim",
+    "BrainMaskedMetric",
+    "pred_and_label_with_mask",
+    "window_starts",
+    "seam_ratios",
+]
 
 
 def _checked(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -114,3 +123,48 @@ def pred_and_label_with_mask(output) -> tuple[list[torch.Tensor], list[torch.Ten
         for item in items
     ]
     return preds, labels
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Start index of every sliding window along one axis, as MONAI's ``SlidingWindowInferer`` places them (a stride
+    of ``int(roi · (1 − overlap))``, the last window flush with the end)."""
+    if roi >= size:
+        return [0]
+    stride = max(int(roi * (1 - overlap)), 1)
+    count = math.ceil((size - roi) / stride) + 1
+    return sorted({min(i * stride, size - roi) for i in range(count)})
+
+
+def seam_ratios(
+    pred: torch.Tensor, mask: torch.Tensor, roi_size: tuple[int, ...], overlap: float
+) -> dict[tuple[int, int], float]:
+    """How much the synthesis jumps where a sliding window begins or ends, relative to its ordinary texture.
+
+    For every spatial axis ``a`` and every window border plane ``k`` (a window starts at ``k`` or ends just before it),
+    the mean absolute first difference ``|p[k] − p[k − 1]|`` along ``a`` over voxel pairs inside ``mask``, divided by
+    the median of that mean over all planes of the axis. A seam-free synthesis gives about 1 at every border.
+
+    Args:
+        pred: ``(*spatial)`` synthesis.
+        mask: ``(*spatial)`` brain mask.
+        roi_size, overlap: the sliding window's, as given to ``SlidingWindowInferer``.
+
+    Returns:
+        ``{(axis, plane): ratio}`` for the border planes that cut the mask.
+    """
+    pred, mask = torch.as_tensor(pred).double(), torch.as_tensor(mask) > 0
+    ratios = {}
+    for axis, (size, roi) in enumerate(zip(pred.shape, roi_size)):
+        difference = torch.diff(pred, dim=axis).abs()
+        both = torch.logical_and(mask.narrow(axis, 1, size - 1), mask.narrow(axis, 0, size - 1))
+        other = tuple(d for d in range(pred.ndim) if d != axis)
+        counts = both.sum(dim=other)
+        per_plane = (difference * both).sum(dim=other) / counts.clamp_min(1)  # index k - 1 ↔ pair (k - 1, k)
+        reference = per_plane[counts > 0].median()
+        borders = set()
+        for start in window_starts(size, roi, overlap):
+            borders.update({start, start + roi})
+        for plane in sorted(borders):
+            if 0 < plane < size and counts[plane - 1] > 0:
+                ratios[(axis, plane)] = float(per_plane[plane - 1] / reference.clamp_min(1e-12))
+    return ratios

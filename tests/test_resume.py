@@ -7,9 +7,9 @@ import random
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from conftest import TINY_TRAIN  # noqa: F401 (data_dir is a fixture of conftest)
-import pytest
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from monai.data import DataLoader, Dataset
@@ -166,7 +166,7 @@ def _transform() -> Compose:
 
 
 def _draws(transform: Compose) -> list:
-    item = {"image": torch.arange(256.0).reshape(1, 16, 16), "mask": torch.ones(1, 16, 16)}
+    item = {"image": torch.arange(256.0).reshape(1, 16, 16), "mask": (torch.arange(256) % 2).reshape(1, 16, 16)}
     patches = transform(item)
     return [torch.rand(3), np.random.rand(3), random.random(), [p["image"] for p in patches]]
 
