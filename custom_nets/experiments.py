@@ -127,7 +127,7 @@ def train_and_infer(
     train.run()
     seconds = time.perf_counter() - start
     ckpt_name = train.parser.get_parsed_content("ckpt_name")
-    network = train.parser.get_parsed_content("network")
+    network = train.parser.get_parsed_content("validation_network")  # the weight average when ema_decay > 0
     weights = getattr(network, "module", network).state_dict()
     buffer = io.BytesIO()
     torch.save(weights, buffer)

@@ -196,7 +196,7 @@ class ResumeCheckpoint:
             self._iterator_pending = False
             self._iterator_next(engine)
 
-    def _iterator_next(self, engine: Engine, **_: Any) -> None:
+    def _iterator_next(self, engine: Engine, *_: Any, **__: Any) -> None:
         """Note the random state a new loader iterator is about to be made from (its sampler and worker seeds)."""
         loader = engine.state.dataloader
         generator = getattr(loader, "generator", None)

@@ -141,6 +141,13 @@ def test_epoch_length_and_schedule_length_equal_the_iterations_run(data_dir, tmp
     assert all(a >= b for a, b in zip(rates, rates[1:]))
 
 
+def test_time_budget_ends_the_epoch_validates_and_stops(data_dir, tmp_path):
+    trainer, rates = _learning_rates(data_dir, tmp_path, epochs=3, epoch_length=5, time_budget_minutes=1e-5)
+    assert trainer.state.iteration == 1 and trainer.state.epoch == 1
+    assert (tmp_path / "models" / "model_pet.pt").is_file()  # the epoch-end validation saved the final weights
+    assert (tmp_path / "models" / "resume_pet.pt").is_file()
+
+
 def test_non_finite_loss_stops_training_before_any_step(data_dir, tmp_path):
     bad = tmp_path / "data"
     bad.mkdir()
