@@ -2,12 +2,14 @@
 """The paper's comparison and ablation on the default synthetic subjects, next to baselines without deep learning.
 
 For PET, FA and MD, trains the 3D U-Net, 2D cGAN, 3D cGAN, attention cGAN and SC-GAN (and SC-GAN's ablations) with
-the same budget (iterations, 32³ patches, patches per iteration, seed, schedule; final weights, no model selection),
-synthesises the held-out test subjects with the bundle's inference workflow, scores them inside the brain mask next
-to the population mean, an intensity lookup table and a cubic polynomial fitted on the training subjects, and writes
+the same budget (wall-clock minutes on this machine in the standard mode, iterations in the others; the same patches,
+seed and schedule; final weights, no model selection), synthesises the held-out test subjects with the bundle's
+inference workflow, scores them inside the brain mask next to the oracle (the noise-free target), the population
+mean, an intensity lookup table and a cubic polynomial fitted on the training subjects, and writes
 ``bundle/docs/results.md`` and one figure per task.
 
-    python benchmarks/paper_table.py                  # quick mode: ablations on PET only, < 20 min on 2 cores
+    python benchmarks/paper_table.py --mode standard  # 40 subjects (12 test), 2.5 min per model, ~75 min on 2 cores
+    python benchmarks/paper_table.py                  # quick mode: 20 subjects, 48 iterations of 32³, smoke scale
     python benchmarks/paper_table.py --mode full      # every model on every task, 2000 iterations each
 
 Finished runs with the same settings are reused (delete ``bundle/eval/paper_table`` to start over). Prints a table
@@ -29,20 +31,26 @@ from custom_nets.comparison import (
     BASELINE_LABELS,
     COMPARISON_MODELS,
     MODEL_LABELS,
+    ORACLE_LABEL,
     PAPER_GAIN_OVER_2D_CGAN,
     comparison_figure,
     markdown_table,
     run_baselines,
     run_models,
+    run_oracle,
 )
+from custom_nets.evaluate import paired_difference
 from custom_nets.experiments import CONFIGS, RunSettings
 from custom_nets.io import atomic_write_text
 from custom_nets.phantom.dataset import generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
+LABELS = {"oracle": ORACLE_LABEL, **BASELINE_LABELS, **MODEL_LABELS}
 MODES = {
-    "quick": {"iterations": 48, "ablation_tasks": ("pet",)},
-    "full": {"iterations": 2000, "ablation_tasks": ("pet", "fa", "md")},
+    "quick": {"iterations": 48, "ablation_tasks": ("pet",), "subjects": 20, "split": (0.8, 0.1, 0.1)},
+    # equal wall-clock on this machine, train.json's patches and batches, ≥ 10 held-out subjects
+    "standard": {"minutes": 2.5, "ablation_tasks": ("pet",), "subjects": 40, "split": (0.65, 0.05, 0.30)},
+    "full": {"iterations": 2000, "ablation_tasks": ("pet", "fa", "md"), "subjects": 40, "split": (0.65, 0.05, 0.30)},
 }
 
 
@@ -60,8 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--tasks", nargs="+", default=["pet", "fa", "md"])
-    parser.add_argument("--iterations", type=int, help="override the mode's iterations per model")
-    parser.add_argument("--data", default=str(ROOT / "data" / "synthetic"), help="generated when it has no datalist")
+    parser.add_argument("--iterations", type=int, help="iterations per model instead of the mode's budget")
+    parser.add_argument("--minutes", type=float, help="wall-clock minutes per model instead of the mode's budget")
+    parser.add_argument("--data", help="dataset folder, generated when it has no datalist (default: by mode)")
     parser.add_argument("--out", default=str(ROOT / "bundle" / "eval" / "paper_table"))
     parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"), help="where results.md and figures go")
     parser.add_argument("--seed", type=int, default=0)
@@ -70,14 +79,24 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [t for t in args.tasks if t not in PAPER_GAIN_OVER_2D_CGAN]
     if unknown:
         parser.error(f"--tasks: {unknown} not among {sorted(PAPER_GAIN_OVER_2D_CGAN)}")
-    settings = RunSettings(iterations=args.iterations or mode["iterations"], seed=args.seed)
-    data, docs = Path(args.data).absolute(), Path(args.docs).absolute()
+    if args.iterations or args.minutes:
+        budget = {"iterations": args.iterations or 0, "minutes": args.minutes or 0.0}
+    else:
+        budget = {"iterations": mode.get("iterations", 0), "minutes": mode.get("minutes", 0.0)}
+    if budget["minutes"] > 0:  # equal wall clock: train.json's own patches and batches
+        settings = RunSettings(**budget, patch_size=None, batch_size=None, num_samples=None, seed=args.seed)
+    else:
+        settings = RunSettings(**budget, seed=args.seed)
+    default_data = "synthetic" if mode["subjects"] == 20 else "benchmark"  # the demo's cohort, or recipe.py's
+    data = Path(args.data or ROOT / "data" / default_data).absolute()
+    docs = Path(args.docs).absolute()
     datalist = data / "datalist.json"
     if not datalist.is_file():
-        print(f"generating 20 synthetic subjects (seed {args.seed}) in {data}")
-        generate_dataset(data, subjects=20, seed=args.seed)
+        print(f"generating {mode['subjects']} synthetic subjects (seed {args.seed}) in {data}")
+        generate_dataset(data, subjects=mode["subjects"], seed=args.seed, fractions=mode["split"])
     content = json.loads(datalist.read_text(encoding="utf-8"))
-    out = Path(args.out).absolute() / f"{args.mode}_{settings['iterations']}it_seed{settings['seed']}"
+    size = f"{settings['minutes']:g}min" if settings["minutes"] > 0 else f"{settings['iterations']}it"
+    out = Path(args.out).absolute() / f"{args.mode}_{size}_seed{settings['seed']}"
 
     start = time.perf_counter()
     report: dict = {"mode": args.mode, "settings": dict(settings), "tasks": {}}
@@ -85,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         task_config = _task_settings(task)
         target_key, input_keys = task_config["target_key"], task_config["input_keys"]
         models = list(COMPARISON_MODELS) + (list(ABLATION_MODELS) if task in mode["ablation_tasks"] else [])
-        baselines = run_baselines(datalist, out / task / "baselines", target_key, input_keys)
+        baselines = {"oracle": run_oracle(datalist, out / task / "oracle", target_key)}
+        baselines.update(run_baselines(datalist, out / task / "baselines", target_key, input_keys))
         learned = run_models(task, models, datalist, out / task, settings, target_key)
         figure = comparison_figure(
             docs / "figures" / f"results_{task}.png",
@@ -97,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         report["tasks"][task] = {"target_key": target_key, "baselines": baselines, "models": learned, "figure": figure}
         print(f"\n{task}:")
-        print("\n".join(markdown_table({**baselines, **learned}, {**BASELINE_LABELS, **MODEL_LABELS})))
+        print("\n".join(markdown_table({**baselines, **learned}, LABELS, interval=True)))
     seconds = time.perf_counter() - start
 
     lines = _results_markdown(report, content, args, seconds, docs)
@@ -106,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "paper_table",
         "mode": args.mode,
         "iterations": settings["iterations"],
+        "minutes_per_model": settings["minutes"],
         "seed": settings["seed"],
         "minutes": round(seconds / 60, 2),
         "nrmse": {
@@ -141,8 +162,25 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
     command = "python benchmarks/paper_table.py" + ("" if args.mode == "quick" else f" --mode {args.mode}")
     if args.iterations:
         command += f" --iterations {args.iterations}"
+    if args.minutes:
+        command += f" --minutes {args.minutes:g}"
     if args.tasks != ["pet", "fa", "md"]:
         command += " --tasks " + " ".join(args.tasks)
+    if settings["minutes"] > 0:
+        iterations = {
+            MODEL_LABELS[m]: row["run"]["iterations"]
+            for m, row in next(iter(report["tasks"].values()))["models"].items()
+        }
+        budget = (
+            f"{settings['minutes']:g} min of training on this machine each (equal wall clock; iterations reached on "
+            f"{next(iter(report['tasks'])).upper()}: " + ", ".join(f"{k} {v}" for k, v in iterations.items()) + "), "
+            "`train.json`'s patches and batches (64³, 2 subjects × 2 patches)"
+        )
+    else:
+        budget = (
+            f"{settings['iterations']} iterations of {settings['batch_size'] * settings['num_samples']} patches of "
+            f"{settings['patch_size']}³ voxels ({settings['batch_size']} subjects × {settings['num_samples']} patches)"
+        )
     lines = [
         "# Results: the paper's comparison and ablation on synthetic subjects",
         "",
@@ -151,20 +189,20 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         f"in their `run.json` files (this invocation: {seconds / 60:.1f} min; finished runs with the same settings "
         "are reused). Generated file: rerun the command to refresh it.",
         "",
-        f"- Data: the default synthetic subjects (`python -m custom_nets.phantom`, seed {args.seed}): "
-        f"{len(content['training'])} training subjects, {len(content['test'])} held-out test subjects "
-        f"({', '.join(e['subject'] for e in content['test'])}), 2 mm MNI grid. Validation subjects are not used: "
-        "every model is scored with its final weights.",
-        f"- Equal budget for every learned model: {settings['iterations']} iterations of "
-        f"{settings['batch_size'] * settings['num_samples']} patches of {settings['patch_size']}³ voxels "
-        f"({settings['batch_size']} subjects × {settings['num_samples']} patches in the brain), Adam 1e-3 with a "
-        "cosine schedule, the loss weights of `train.json` (adversarial 1, feature matching 20, L1 200, brain RMSE "
-        "200), CPU preset networks (`generator_preset: cpu`). Inference: Gaussian sliding window over the whole "
-        f"volume, {settings['patch_size']}³ windows, overlap {settings['sw_overlap']}.",
-        "- Baselines without deep learning, fitted on the training subjects only (`python -m custom_nets.baselines`).",
-        "- Metrics inside the brain mask (`custom_nets/metrics.py`): NRMSE = RMSE / (max − min of the target in the "
-        "mask); PSNR = 20 log10(data range / RMSE) with the same data range; SSIM averaged over mask voxels "
-        "(Gaussian window σ 1.5 voxels). Mean ± sd over test subjects; best NRMSE in bold.",
+        f"- Data: synthetic subjects (`python -m custom_nets.phantom`, seed {args.seed}): "
+        f"{len(content['training'])} training subjects, {len(content['test'])} held-out test subjects, 2 mm MNI grid. "
+        "Validation subjects are not used: every model is scored with its final weights.",
+        f"- Equal budget for every learned model: {budget}; Adam with the cosine schedule over the budget, the loss "
+        "weights and precision of `train.json`, CPU preset networks (`generator_preset: cpu`). Inference: "
+        "`inference.json`.",
+        "- Baselines without deep learning, fitted on the training subjects only (`python -m custom_nets.baselines`); "
+        "the oracle row scores the noise-free target (`<target>_noisefree` of the phantom): the error no synthesis "
+        "can remove.",
+        "- Metrics inside the brain mask, over the whole volume (`custom_nets/metrics.py`): NRMSE = RMSE / (max − min "
+        "of the target in the mask); PSNR = 20 log10(data range / RMSE) with the same data range; SSIM averaged over "
+        "mask voxels (Gaussian window σ 1.5 voxels). The paper's code scores slice by slice over the whole image "
+        "(background included), which gives other absolute values; only the ranking is comparable. Mean [95 % "
+        "t-interval] over test subjects; best NRMSE in bold.",
         "",
     ]
     if args.mode == "quick":
@@ -182,21 +220,20 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         results = entry["models"]
         lines += [f"## {task.upper()} (target `{entry['target_key']}`)", ""]
         comparison = {**entry["baselines"], **{m: results[m] for m in COMPARISON_MODELS}}
-        lines += markdown_table(comparison, {**BASELINE_LABELS, **MODEL_LABELS})
+        lines += markdown_table(comparison, LABELS, interval=True)
         gain = _gain(results, "scgan", "cgan2d")
-        best_baseline = min(
-            entry["baselines"], key=lambda n: entry["baselines"][n]["scores"]["summary"]["nrmse"]["mean"]
-        )
-        versus_baseline = 1 - (
-            results["scgan"]["scores"]["summary"]["nrmse"]["mean"]
-            / entry["baselines"][best_baseline]["scores"]["summary"]["nrmse"]["mean"]
-        )
+        best_baseline = min(BASELINE_LABELS, key=lambda n: entry["baselines"][n]["scores"]["summary"]["nrmse"]["mean"])
+        paired = paired_difference(results["scgan"]["scores"], entry["baselines"][best_baseline]["scores"])
+        versus_baseline = -paired["relative"]
+        ranked = sorted(COMPARISON_MODELS, key=lambda m: results[m]["scores"]["summary"]["nrmse"]["mean"])
         lines += [
             "",
             f"SC-GAN's NRMSE is **{_relative(gain)}** than the 2D cGAN's here; the paper reports "
             f"{100 * PAPER_GAIN_OVER_2D_CGAN[task]:.0f} % lower on ADNI. Against the best baseline without learning "
-            f"({BASELINE_LABELS[best_baseline]}) it is {_relative(versus_baseline)}"
-            f"{'.' if versus_baseline > 0 else ': SC-GAN does not beat this baseline here.'}",
+            f"({BASELINE_LABELS[best_baseline]}) it is {_relative(versus_baseline)} (paired difference "
+            f"{paired['mean']:+.4f} [{paired['ci95_low']:+.4f}, {paired['ci95_high']:+.4f}])"
+            f"{'.' if paired['ci95_high'] < 0 else ': SC-GAN does not beat this baseline here.'} Rank of SC-GAN among "
+            f"the learned models: {ranked.index('scgan') + 1} of {len(ranked)}.",
             "",
         ]
         ablations = [m for m in ABLATION_MODELS if m in results]

@@ -14,11 +14,12 @@ import nibabel as nib
 import numpy as np
 
 from custom_nets.baselines import predict_split
-from custom_nets.evaluate import evaluate_predictions
+from custom_nets.evaluate import evaluate_predictions, noise_free_predictions
 from custom_nets.experiments import CONFIGS, RunSettings, train_and_infer
 from custom_nets.figures import write_png
 
 __all__ = [
+    "ORACLE_LABEL",
     "BASELINE_LABELS",
     "MODEL_LABELS",
     "COMPARISON_MODELS",
@@ -27,10 +28,12 @@ __all__ = [
     "model_overlays",
     "run_models",
     "run_baselines",
+    "run_oracle",
     "markdown_table",
     "comparison_figure",
 ]
 
+ORACLE_LABEL = "oracle: the noise-free target (what perfect synthesis scores)"
 BASELINE_LABELS = {
     "population_mean": "population mean (no learning)",
     "intensity_lookup": "intensity lookup table (no learning)",
@@ -77,7 +80,8 @@ def run_models(
     "scores": evaluate summary}}``."""
     results = {}
     for model in models:
-        log(f"[{task}] training {model} for {settings['iterations']} iterations")
+        budget = f"{settings['minutes']:g} min" if settings.get("minutes") else f"{settings['iterations']} iterations"
+        log(f"[{task}] training {model} for {budget}")
         run = train_and_infer(
             task, model_overlays(model), datalist, out_dir / model, settings, split=split, overrides=overrides
         )
@@ -113,17 +117,28 @@ def run_baselines(
     }
 
 
-def markdown_table(rows: dict[str, dict], labels: dict[str, str]) -> list[str]:
-    """NRMSE, PSNR and SSIM (mean ± sd over subjects) and RMSE per row, best NRMSE in bold."""
+def run_oracle(datalist: Path, out_dir: Path, target_key: str, split: str = "test", score_mask_key: str = "mask"):
+    """Score the noise-free targets as predictions (``noise_free_predictions``): the oracle row."""
+    folder = noise_free_predictions(datalist, target_key, out_dir, split)
+    scores = evaluate_predictions(folder, datalist, target_key, split, out_dir / "scores", "oracle", score_mask_key)
+    return {"predictions": str(folder), "scores": scores}
+
+
+def markdown_table(rows: dict[str, dict], labels: dict[str, str], interval: bool = False) -> list[str]:
+    """NRMSE, PSNR and SSIM (mean ± sd over subjects, or mean [95 % interval] with ``interval``) and RMSE per row,
+    the best NRMSE in bold (the oracle row excluded)."""
     lines = ["| model | NRMSE | PSNR (dB) | SSIM | RMSE |", "|---|---|---|---|---|"]
-    best = min(rows, key=lambda name: rows[name]["scores"]["summary"]["nrmse"]["mean"])
+    best = min((n for n in rows if n != "oracle"), key=lambda name: rows[name]["scores"]["summary"]["nrmse"]["mean"])
     for name, row in rows.items():
         summary = row["scores"]["summary"]
 
         def cell(metric: str, digits: int) -> str:
             s = summary[metric]
-            spread = "" if np.isnan(s["std"]) else f" ± {s['std']:.{digits}f}"
-            return f"{s['mean']:.{digits}f}{spread}"
+            if np.isnan(s["std"]):
+                return f"{s['mean']:.{digits}f}"
+            if interval:
+                return f"{s['mean']:.{digits}f} [{s['ci95_low']:.{digits}f}, {s['ci95_high']:.{digits}f}]"
+            return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
         nrmse = cell("nrmse", 4)
         lines.append(

@@ -26,28 +26,32 @@ CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"
 
 
 class RunSettings(dict):
-    """The budget shared by every run of a comparison (stored beside each run, to reuse finished runs)."""
+    """The budget shared by every run of a comparison (stored beside each run, to reuse finished runs): ``iterations``
+    or wall-clock ``minutes``; ``patch_size`` (cube edge), ``batch_size``, ``num_samples`` and ``sw_overlap`` set to
+    ``None`` keep ``train.json``'s and ``inference.json``'s defaults."""
 
     def __init__(
         self,
         iterations: int = 0,
         minutes: float = 0.0,
-        patch_size: int = 32,
-        batch_size: int = 2,
-        num_samples: int = 2,
+        patch_size: int | None = 32,
+        batch_size: int | None = 2,
+        num_samples: int | None = 2,
         seed: int = 0,
-        sw_overlap: float = 0.25,
+        sw_overlap: float | None = 0.25,
     ) -> None:
         if (iterations >= 1) == (minutes > 0):
-            raise ValueError(f"give either iterations >= 1 or minutes > 0, got iterations {iterations}, minutes {minutes}.")
+            raise ValueError(
+                f"give either iterations >= 1 or minutes > 0, got iterations {iterations}, minutes {minutes}."
+            )
         super().__init__(
             iterations=int(iterations),
             minutes=float(minutes),
-            patch_size=int(patch_size),
-            batch_size=int(batch_size),
-            num_samples=int(num_samples),
+            patch_size=None if patch_size is None else int(patch_size),
+            batch_size=None if batch_size is None else int(batch_size),
+            num_samples=None if num_samples is None else int(num_samples),
             seed=int(seed),
-            sw_overlap=float(sw_overlap),
+            sw_overlap=None if sw_overlap is None else float(sw_overlap),
         )
 
 
@@ -68,9 +72,14 @@ def train_and_infer(
     split: str = "test",
     overrides: dict | None = None,
     reuse: bool = True,
+    model_selection: bool = False,
 ) -> dict:
     """Train ``train.json`` + the task overlay + ``model_overlays`` for ``settings["iterations"]`` iterations or
-    ``settings["minutes"]`` of wall-clock time, save the final generator to ``out_dir/models/`` and synthesise ``split`` into ``out_dir/predictions``.
+    ``settings["minutes"]`` of wall-clock time, save the final generator to ``out_dir/models/`` and synthesise
+    ``split`` into ``out_dir/predictions``.
+
+    With ``model_selection`` the run validates as the bundle's default command does (every ``val_interval`` epochs of
+    ``epoch_length`` iterations) and synthesises with the best validation checkpoint instead of the final weights.
 
     Returns (and writes to ``out_dir/run.json``) the settings, the iterations run, the training seconds and seconds
     per iteration. A finished run with identical settings is reused when ``reuse`` is true.
@@ -80,25 +89,29 @@ def train_and_infer(
     out_dir, datalist = Path(out_dir).absolute(), Path(datalist).absolute()
     overlays = _overlays(task, model_overlays)
     record_path = out_dir / "run.json"
-    identity = {"task": task, "overlays": [Path(p).name for p in overlays], **settings, **(overrides or {})}
+    identity = {
+        "task": task,
+        "overlays": [Path(p).name for p in overlays],
+        **settings,
+        **(overrides or {}),
+        **({"model_selection": True} if model_selection else {}),
+    }
     if reuse and record_path.is_file():
         record = json.loads(record_path.read_text(encoding="utf-8"))
         if record.get("identity") == identity and (out_dir / "predictions").is_dir():
             return record
 
     if settings["minutes"] > 0:
-        # the time budget ends the run; the cosine schedule follows the budget's elapsed fraction
-        epoch_length, epochs, budget = 50, 10**6, settings["minutes"]
+        # the time budget ends the run (epochs of train.json's epoch_length); the cosine follows the elapsed fraction
+        budget = {"epochs": 10**6, "time_budget_minutes": settings["minutes"]}
     else:
-        epoch_length, epochs, budget = settings["iterations"], 1, 0
-    patch = [settings["patch_size"]] * 3
-    common = {
-        "bundle_root": str(out_dir),
-        "datalist": str(datalist),
-        "dataset_dir": str(datalist.parent),
-        "patch_size": patch,
-        "sw_overlap": settings["sw_overlap"],
-    }
+        budget = {"epochs": 1, "epoch_length": settings["iterations"], "time_budget_minutes": 0}
+    common = {"bundle_root": str(out_dir), "datalist": str(datalist), "dataset_dir": str(datalist.parent)}
+    if settings["patch_size"] is not None:
+        common["patch_size"] = [settings["patch_size"]] * 3
+    if settings["sw_overlap"] is not None:
+        common["sw_overlap"] = settings["sw_overlap"]
+    batch = {k: settings[k] for k in ("batch_size", "num_samples") if settings[k] is not None}
     # overrides of training-only ids (the discriminator, loss weights) do not exist in inference.json
     inference_ids = set(json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8")))
     infer_overrides = {k: v for k, v in (overrides or {}).items() if k.split("#")[0] in inference_ids}
@@ -109,12 +122,10 @@ def train_and_infer(
         logging_file=logging_file,
         workflow_type="train",
         **{
-            "epochs": epochs,
-            "epoch_length": epoch_length,
-            "time_budget_minutes": budget,
-            "val_interval": epochs + 1,  # no model selection: every model is scored with its final weights
-            "batch_size": settings["batch_size"],
-            "num_samples": settings["num_samples"],
+            **budget,
+            # no model selection: every model is scored with its final weights
+            **({} if model_selection else {"val_interval": budget["epochs"] + 1}),
+            **batch,
             "seed": settings["seed"],
             "progress_bar": False,
             **common,
@@ -127,11 +138,12 @@ def train_and_infer(
     train.run()
     seconds = time.perf_counter() - start
     ckpt_name = train.parser.get_parsed_content("ckpt_name")
-    network = train.parser.get_parsed_content("validation_network")  # the weight average when ema_decay > 0
-    weights = getattr(network, "module", network).state_dict()
-    buffer = io.BytesIO()
-    torch.save(weights, buffer)
-    atomic_write_bytes(out_dir / "models" / ckpt_name, buffer.getvalue())
+    if not (model_selection and (out_dir / "models" / ckpt_name).is_file()):  # else the best checkpoint is there
+        network = train.parser.get_parsed_content("validation_network")  # the weight average when ema_decay > 0
+        weights = getattr(network, "module", network).state_dict()
+        buffer = io.BytesIO()
+        torch.save(weights, buffer)
+        atomic_write_bytes(out_dir / "models" / ckpt_name, buffer.getvalue())
     iterations = trainer.state.iteration
     train.finalize()
 
@@ -150,7 +162,7 @@ def train_and_infer(
     record = {
         "identity": identity,
         "iterations": iterations,
-        "epochs": epochs,
+        "epochs": trainer.state.epoch,
         "train_seconds": seconds,
         "seconds_per_iteration": seconds / max(iterations, 1),
         "infer_seconds": infer_seconds,

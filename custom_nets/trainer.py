@@ -253,7 +253,9 @@ class ConditionalGanTrainer(Trainer):
                 d_fake = engine.adversarial_loss(fake_logits, target_is_real=False, for_discriminator=True)
                 d_loss = 0.5 * (d_real + d_fake)
                 d_loss.backward()
-                engine._check_finite("discriminator", engine.d_network, {GanKeys.D_REAL: d_real, GanKeys.D_FAKE: d_fake})
+                engine._check_finite(
+                    "discriminator", engine.d_network, {GanKeys.D_REAL: d_real, GanKeys.D_FAKE: d_fake}
+                )
                 engine.d_optimizer.step()
             losses.update({GanKeys.D_LOSS: d_loss, GanKeys.D_REAL: d_real, GanKeys.D_FAKE: d_fake})
 

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from custom_nets.phantom import MODALITIES, generate_dataset
+from custom_nets.phantom import MODALITIES, NOISE_FREE, generate_dataset
 
 TINY = {
     "network_def#channels": [8, 16, 16],
@@ -35,7 +35,7 @@ def data_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle_data")
     generate_dataset(out, subjects=5, seed=11, progress=False)
     for folder in out.glob("sub-*"):
-        for modality in MODALITIES:
+        for modality in MODALITIES + NOISE_FREE:
             path = folder / f"{folder.name}_{modality}.nii.gz"
             image = nib.load(str(path))
             start = np.array([34, 42, 32])

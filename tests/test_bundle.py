@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -176,6 +177,14 @@ def test_cli_training_and_torchrun_multi_gpu_overlay(data_dir, tmp_path):
     assert not any(key.startswith("module.") for key in weights)  # saved without the DDP wrapper
     progress = torch.load(tmp_path / "models" / "resume_fa.pt", weights_only=True)["progress"]
     assert progress["epoch"] == 1
+    # without a budget every rank runs epochs × epoch_length iterations and the cosine ends at the last of them
+    planned = ["--epochs", "2", "--epoch_length", "3", "--lr_g", "0.01", "--resume_ckpt", str(tmp_path / "ddp.pt")]
+    result = subprocess.run(multi + args + planned, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    state = torch.load(tmp_path / "ddp.pt", weights_only=True)
+    assert state["progress"]["iteration"] == 6
+    last_lr = state["g_optimizer"]["param_groups"][0]["lr"]
+    assert last_lr == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * 5 / 6)))
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from monai.transforms import Compose, ConcatItemsd, EnsureChannelFirstd, LoadIma
 from parameterized import parameterized
 
 from custom_nets.figures import encode_png
-from custom_nets.phantom import MODALITIES, generate_dataset, split_subjects, target_suvr
+from custom_nets.phantom import MODALITIES, NOISE_FREE, generate_dataset, split_subjects, target_suvr
 from custom_nets.phantom.__main__ import main as phantom_cli
 from custom_nets.phantom.check import check_cohort
 from custom_nets.phantom.check import main as check_cli
@@ -79,7 +79,7 @@ def test_latents_and_modalities(cohort):
         assert {"age", "amyloid_positive", "centiloid", "atrophy", "wmh_ml"} <= set(latents)
         assert 55 <= latents["age"] <= 90
         assert latents["amyloid_positive"] == (latents["centiloid"] >= 20)
-        shapes = {_load(cohort / entry[m]).shape for m in MODALITIES}
+        shapes = {_load(cohort / entry[m]).shape for m in MODALITIES + NOISE_FREE}
         assert shapes == {(99, 117, 95)}
 
 
@@ -104,6 +104,17 @@ def test_target_is_coupled_but_not_a_function_of_the_inputs(cohort):
         assert spread > 0.05, f"{target} is nearly constant"
         # Partly predictable from the MRI (shared anatomy), but no per-voxel function of it explains it all.
         assert 0.3 < r2 < 0.95, f"{target}: lookup-table R² {r2:.3f}"
+
+
+@pytest.mark.parametrize("target", ["pet", "fa", "md"])
+def test_noise_free_target_is_the_target_without_its_noise(cohort, target):
+    """The oracle volume differs from the target by zero-mean noise only, far less than a per-voxel function does."""
+    for entry in _entries(cohort):
+        mask = _load(cohort / entry["mask"]) > 0
+        measured, clean = _load(cohort / entry[target])[mask], _load(cohort / entry[f"{target}_noisefree"])[mask]
+        residual = measured - clean
+        assert abs(residual.mean()) < 0.1 * residual.std() + 1e-3
+        assert 0 < residual.std() < 0.5 * measured.std()
 
 
 def test_datalist_round_trip_through_monai(cohort):

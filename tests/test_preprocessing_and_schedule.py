@@ -82,7 +82,9 @@ def test_inference_without_a_mask_derives_one(data_dir, tmp_path):
         nib.save(nib.Nifti1Image(values, image.affine), str(tmp_path / f"{key}.nii.gz"))
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"test": [{k: str(tmp_path / f"{k}.nii.gz") for k in ("t1w", "flair")}]}))
-    mask = torch.as_tensor(_parsed("inference.json", data_dir, datalist=str(datalist)).get_parsed_content("dataset")[0]["mask"])
+    mask = torch.as_tensor(
+        _parsed("inference.json", data_dir, datalist=str(datalist)).get_parsed_content("dataset")[0]["mask"]
+    )
     assert mask[0, :8].sum() == 0 and mask[0, 8:].mean() > 0.9
 
 

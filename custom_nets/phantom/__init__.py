@@ -2,6 +2,6 @@
 
 from custom_nets.datalist import split_subjects
 from custom_nets.phantom.dataset import generate_dataset
-from custom_nets.phantom.subject import MODALITIES, target_suvr
+from custom_nets.phantom.subject import MODALITIES, NOISE_FREE, target_suvr
 
-__all__ = ["generate_dataset", "split_subjects", "MODALITIES", "target_suvr"]
+__all__ = ["generate_dataset", "split_subjects", "MODALITIES", "NOISE_FREE", "target_suvr"]

@@ -19,10 +19,23 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--resolution", type=int, default=2, choices=(1, 2), help="voxel size in mm (default 2)")
     parser.add_argument("--tracer", default="florbetapir", choices=sorted(TRACERS), help="amyloid tracer")
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
+    parser.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        default=(0.8, 0.1, 0.1),
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="subject fractions of the training, validation and test lists (default 0.8 0.1 0.1)",
+    )
     args = parser.parse_args(argv)
     if args.subjects < 1:
         parser.error(f"--subjects must be at least 1, got {args.subjects}")
-    path = generate_dataset(args.out, args.subjects, args.seed, args.resolution, args.tracer, progress=not args.quiet)
+    try:
+        path = generate_dataset(
+            args.out, args.subjects, args.seed, args.resolution, args.tracer, not args.quiet, tuple(args.split)
+        )
+    except ValueError as error:
+        parser.error(str(error))
     print(path)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from custom_nets.datalist import split_subjects
 from custom_nets.io import atomic_save_nifti, atomic_write_json
 from custom_nets.phantom.anatomy import REGION_LABELS, load_template
-from custom_nets.phantom.subject import MODALITIES, sample_latents, synthesise_subject
+from custom_nets.phantom.subject import MODALITIES, NOISE_FREE, sample_latents, synthesise_subject
 
 __all__ = ["generate_dataset", "DATALIST_NAME"]
 
@@ -25,6 +25,7 @@ MODALITY_DESCRIPTIONS = {
     "fa": "DTI fractional anisotropy (0-1)",
     "md": "DTI mean diffusivity, 1e-3 mm^2/s",
     "labels": "tissue/region labels (int16), see label_names",
+    **{key: f"{key.split('_')[0]} without its measurement noise (the oracle of the benchmarks)" for key in NOISE_FREE},
 }
 
 
@@ -35,6 +36,7 @@ def generate_dataset(
     resolution: int = 2,
     tracer: str = "florbetapir",
     progress: bool = True,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> Path:
     """Generate ``subjects`` synthetic subjects into ``out_dir`` and return the datalist's path.
 
@@ -42,12 +44,14 @@ def generate_dataset(
     ``out_dir/datalist.json`` (paths relative to ``out_dir``; lists ``training``, ``validation``, ``test``). Subject
     ``i`` depends only on ``(seed, i)``, so the same seed gives identical files and a larger cohort extends a smaller
     one. Every file is written atomically; the datalist last, so it never names a file that is not complete.
+    ``fractions`` are the training/validation/test shares (``split_subjects``).
     """
     if subjects < 1:
         raise ValueError(f"subjects must be at least 1, got {subjects}.")
     out_dir = Path(out_dir)
     template = load_template(resolution)
     names = [f"sub-{index:04d}" for index in range(subjects)]
+    split = split_subjects(names, seed, tuple(fractions))  # checks the fractions before any file is written
     entries = {}
     start = time.perf_counter()
     for index, name in enumerate(names):
@@ -55,7 +59,7 @@ def generate_dataset(
         latents = sample_latents(name, [seed, index], rng, tracer=tracer)
         volumes = synthesise_subject(template, latents, rng)
         entry = {"subject": name}
-        for modality in MODALITIES:
+        for modality in MODALITIES + NOISE_FREE:
             relative = f"{name}/{name}_{modality}.nii.gz"
             atomic_save_nifti(out_dir / relative, volumes[modality], template.affine)
             entry[modality] = relative
@@ -70,7 +74,6 @@ def generate_dataset(
                 file=sys.stderr,
                 flush=True,
             )
-    split = split_subjects(names, seed)
     datalist = {
         "name": "scgan-synthetic-brains",
         "description": "Synthetic multimodal brain subjects built on the MNI152 (ICBM 2009a) tissue templates",

@@ -17,9 +17,12 @@ from scipy import ndimage
 from custom_nets.phantom.anatomy import REGION_LABELS, Template
 from custom_nets.phantom.deform import random_displacement, sampling_grid, upsample_smooth, warp
 
-__all__ = ["Latents", "sample_latents", "synthesise_subject", "target_suvr", "MODALITIES", "PET_FWHM_MM"]
+__all__ = ["Latents", "sample_latents", "synthesise_subject", "target_suvr", "MODALITIES", "NOISE_FREE", "PET_FWHM_MM"]
 
 MODALITIES = ("t1w", "flair", "mask", "pet", "fa", "md", "labels")
+# Each target without its measurement noise (the same resolution and scaling): the best any synthesis can do, the
+# "oracle" row of the benchmarks. Written beside the targets, keyed "<target>_noisefree".
+NOISE_FREE = ("pet_noisefree", "fa_noisefree", "md_noisefree")
 PET_FWHM_MM = 8.0  # ADNI's "uniform resolution" PET product
 
 # Centiloid anchors of PiB with a whole-cerebellum reference (Klunk et al. 2015) and florbetapir's conversion
@@ -126,7 +129,8 @@ def _regional(labels: np.ndarray, values: dict[str, float], default: float) -> n
 
 
 def synthesise_subject(template: Template, latents: Latents, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Render every modality of one subject on the template grid (float32 arrays, ``MODALITIES`` keys).
+    """Render every modality of one subject on the template grid (float32 arrays, ``MODALITIES`` and ``NOISE_FREE``
+    keys).
 
     The order follows the physics: anatomy changes (atrophy, ventricles, lesions) and "true" tissue maps in template
     space, one random deformation applied to all of them, then each scanner's resolution, bias and noise.
@@ -223,14 +227,18 @@ def synthesise_subject(template: Template, latents: Latents, rng: np.random.Gene
     gain = max((goal * b_ref - b_ctx) / (s_ctx - goal * s_ref), -0.4)
     pet = pet_base + gain * pet_specific
     pet_noise = ndimage.gaussian_filter(rng.normal(0, 1, pet.shape), 1.0)
+    pet_noisefree = pet
     pet = pet * (1 + c["pet_noise_cov"] * pet_noise / pet_noise.std())
+    pet_noisefree = (pet_noisefree / pet[ref].mean() * mask).astype(np.float32)  # the same SUVR normalisation
     pet = (pet / pet[ref].mean() * mask).astype(np.float32)
 
     fa_sigma = 2.25 / 2.3548 / voxel
-    fa = ndimage.gaussian_filter(fa, fa_sigma) + 0.03 + rng.normal(0, c["fa_noise"], fa.shape)
-    fa = (np.clip(fa, 0, 1) * mask).astype(np.float32)
-    md = ndimage.gaussian_filter(md, fa_sigma) + rng.normal(0, 0.03, md.shape)
-    md = (np.clip(md, 0, 4) * mask).astype(np.float32)
+    fa_noisefree = ndimage.gaussian_filter(fa, fa_sigma) + 0.03
+    fa = fa_noisefree + rng.normal(0, c["fa_noise"], fa.shape)
+    fa, fa_noisefree = ((np.clip(v, 0, 1) * mask).astype(np.float32) for v in (fa, fa_noisefree))
+    md_noisefree = ndimage.gaussian_filter(md, fa_sigma)
+    md = md_noisefree + rng.normal(0, 0.03, md.shape)
+    md, md_noisefree = ((np.clip(v, 0, 4) * mask).astype(np.float32) for v in (md, md_noisefree))
 
     latents.measured = {
         "composite_suvr_target": float(goal),
@@ -246,4 +254,7 @@ def synthesise_subject(template: Template, latents: Latents, rng: np.random.Gene
         "fa": fa,
         "md": md,
         "labels": tissue_labels.astype(np.int16),
+        "pet_noisefree": pet_noisefree,
+        "fa_noisefree": fa_noisefree,
+        "md_noisefree": md_noisefree,
     }
