@@ -136,21 +136,31 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
 
 
 def seam_ratios(
-    pred: torch.Tensor, mask: torch.Tensor, roi_size: tuple[int, ...], overlap: float
+    pred: torch.Tensor,
+    mask: torch.Tensor,
+    roi_size: tuple[int, ...],
+    overlap: float,
+    neighbours: int = 1,
+    min_coverage: float = 0.5,
 ) -> dict[tuple[int, int], float]:
-    """How much the synthesis jumps where a sliding window begins or ends, relative to its ordinary texture.
+    """How much the synthesis jumps where a sliding window begins or ends, relative to the planes around it.
 
     For every spatial axis ``a`` and every window border plane ``k`` (a window starts at ``k`` or ends just before it),
     the mean absolute first difference ``|p[k] − p[k − 1]|`` along ``a`` over voxel pairs inside ``mask``, divided by
-    the median of that mean over all planes of the axis. A seam-free synthesis gives about 1 at every border.
+    the median of the same mean over the ``neighbours`` planes on each side. A seam is a step: it raises the first
+    difference at one plane only, while a smooth hand-over between windows (and anatomy) changes it gradually over
+    several planes, so the immediate neighbours are the reference. A seam-free synthesis gives about 1. Planes with
+    fewer than ``min_coverage`` × the largest plane's voxel pairs (the edge of the brain) are skipped.
 
     Args:
         pred: ``(*spatial)`` synthesis.
         mask: ``(*spatial)`` brain mask.
         roi_size, overlap: the sliding window's, as given to ``SlidingWindowInferer``.
+        neighbours: reference planes on each side.
+        min_coverage: skip border planes covering less of the brain than this share of the largest plane.
 
     Returns:
-        ``{(axis, plane): ratio}`` for the border planes that cut the mask.
+        ``{(axis, plane): ratio}`` for the border planes that cut the brain.
     """
     pred, mask = torch.as_tensor(pred).double(), torch.as_tensor(mask) > 0
     ratios = {}
@@ -160,11 +170,15 @@ def seam_ratios(
         other = tuple(d for d in range(pred.ndim) if d != axis)
         counts = both.sum(dim=other)
         per_plane = (difference * both).sum(dim=other) / counts.clamp_min(1)  # index k - 1 ↔ pair (k - 1, k)
-        reference = per_plane[counts > 0].median()
         borders = set()
         for start in window_starts(size, roi, overlap):
             borders.update({start, start + roi})
         for plane in sorted(borders):
-            if 0 < plane < size and counts[plane - 1] > 0:
-                ratios[(axis, plane)] = float(per_plane[plane - 1] / reference.clamp_min(1e-12))
+            index = plane - 1
+            if not 0 <= index < size - 1 or counts[index] < min_coverage * counts.max():
+                continue
+            around = [i for i in range(index - neighbours, index + neighbours + 1) if i != index and 0 <= i < size - 1]
+            reference = per_plane[around][counts[around] > 0]
+            if reference.numel():
+                ratios[(axis, plane)] = float(per_plane[index] / reference.median().clamp_min(1e-12))
     return ratios

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -13,10 +14,13 @@ from monai.losses import PatchAdversarialLoss
 from monai.utils import CommonKeys
 from torch import nn
 
+from custom_nets.inferers import size_divisor
 from custom_nets.losses import FeatureMatchingLoss, MaskedRMSELoss
 from custom_nets.precision import autocast_dtype
 
 __all__ = ["ConditionalGanTrainer", "GanKeys", "averaged_copy"]
+
+logger = logging.getLogger(__name__)
 
 
 class GanKeys:
@@ -188,11 +192,22 @@ class ConditionalGanTrainer(Trainer):
         self.device_type = device_type
         scale = self.amp_dtype == torch.float16
         self.g_scaler = torch.amp.GradScaler(device_type, enabled=scale) if device_type == "cuda" else None
+        self._warned_bf16 = False
 
-    def _autocast(self):
-        return torch.autocast(
-            self.device_type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None
-        )
+    def _autocast(self, spatial: Sequence[int]):
+        """Autocast for G on a batch of ``spatial`` size. On CPU, bf16 is refused when the generator's bottleneck would
+        be a single voxel: its norm then returns a constant map, and oneDNN's bf16 conv3d backward returned
+        uninitialised (often NaN) gradients for the next convolution in 10-30 % of calls (32³ patches, CPU preset)."""
+        enabled = self.amp_dtype is not None
+        if enabled and self.device_type == "cpu" and any(s // size_divisor(self.g_network) <= 1 for s in spatial):
+            if not self._warned_bf16:
+                logger.warning(
+                    f"amp: patches of {tuple(spatial)} reduce the generator to a single voxel; training in fp32 "
+                    "(the CPU bf16 conv3d backward is unreliable there). Use patches of 2 × size_divisor or more."
+                )
+                self._warned_bf16 = True
+            enabled = False
+        return torch.autocast(self.device_type, dtype=self.amp_dtype or torch.float32, enabled=enabled)
 
     @torch.no_grad()
     def _update_average(self) -> None:
@@ -237,7 +252,7 @@ class ConditionalGanTrainer(Trainer):
             real_a = real_a.contiguous(memory_format=torch.channels_last_3d)
             real_b = real_b.contiguous(memory_format=torch.channels_last_3d)
         engine.g_network.train()
-        with engine._autocast():
+        with engine._autocast(real_a.shape[2:]):
             fake_b = engine.g_network(real_a)  # G(A)
         fake_b32 = fake_b.float()
         losses: dict[str, torch.Tensor] = {}

@@ -121,3 +121,10 @@ def test_comparison_overlays_build_the_papers_models(overlay, spectral_norm, att
     settings = json.loads((CONFIGS / "models" / f"{overlay}.json").read_text())
     assert settings.get("spectral_norm", True) is spectral_norm
     assert settings.get("attention", True) is attention
+
+
+@pytest.mark.parametrize("spatial, enabled", [((8, 8, 8), False), ((16, 16, 8), False), ((16, 16, 16), True)])
+def test_cpu_bf16_is_refused_where_the_bottleneck_is_one_voxel(spatial, enabled):
+    trainer, _ = _trainer(3, False)  # TINY_G: 3 levels, size divisor 8
+    trainer.amp_dtype = torch.bfloat16  # as on a CPU with native bf16
+    assert trainer._autocast(spatial)._enabled is enabled
