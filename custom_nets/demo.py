@@ -27,7 +27,6 @@ from custom_nets.phantom.dataset import generate_dataset
 __all__ = ["run_demo", "score_subjects"]
 
 BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
-DEMO_PATCH = [64, 64, 64]
 
 
 def _load(path: str | Path) -> np.ndarray:
@@ -97,14 +96,10 @@ def run_demo(
         logging_file=str(configs / "logging.conf"),
         workflow_type="train",
         **{
+            # train.json's defaults (64³ patches, 1 subject × 2 patches, validation every epoch of 100 iterations);
+            # the time budget ends the last epoch early and validates it
             "time_budget_minutes": minutes,
             "epochs": 1000,
-            "val_interval": 3,
-            # 64³ patches: the context the 8 mm PET blur and regional uptake need (benchmarks/tuning.py: NRMSE 0.095
-            # against 0.139 with 32³ patches at equal iterations; docs/tuning.md)
-            "patch_size": DEMO_PATCH,
-            "batch_size": 1,
-            "num_samples": 2,
             "progress_bar": False,  # the iteration log already reports progress; bars would interleave with it
             **common,
         },
@@ -124,7 +119,7 @@ def run_demo(
         meta_file=str(configs / "metadata.json"),
         logging_file=str(configs / "logging.conf"),
         workflow_type="infer",
-        **{"output_dir": str(out_dir / "predictions"), "patch_size": DEMO_PATCH, **common},
+        **{"output_dir": str(out_dir / "predictions"), **common},
     )
     infer.initialize()
     infer.run()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from custom_nets import build_generator
 from custom_nets.inferers import SeamlessSlidingWindowInferer, hann_weight_map, size_divisor
