@@ -4,7 +4,7 @@ average, intensity normalisation, loss weights, learning rate), at equal iterati
 machine; the s / iteration column gives the cost), next to the per-voxel baselines, with the paired difference to the
 defaults and the test error split into a per-subject offset and the spatial rest.
 
-    python benchmarks/tuning.py                       # PET, 5 variants × 300 iterations, ~30 min on 2 cores
+    python benchmarks/tuning.py                       # PET, 6 variants × 300 iterations, ~35 min on 2 cores
 
 The offset part of a subject's mean squared error is (mean error in the brain)²: a global over- or under-estimate,
 which for PET is the subject's amyloid load. No model that sees only one subject's MRI at a time can know it where
@@ -35,6 +35,7 @@ VARIANTS = {  # name: (model, config overrides)
     "+ generator weight average (ema_decay 0.99)": ("scgan", {"ema_decay": 0.99}),
     "+ tissue-mode input normalisation": ("scgan", {"intensity_normalization": "tissue_mode"}),
     "+ adversarial weight 0.1, feature matching 2": ("scgan", {"lambda_adv": 0.1, "lambda_fm": 2.0}),
+    "+ augmentation (affine, bias field, gamma; p 0.3)": ("scgan", {"augmentation_prob": 0.3}),
     "+ lr 2e-4 (pix2pix's)": ("scgan", {"lr_g": 2e-4, "lr_d": 2e-4}),
 }
 
