@@ -5,6 +5,7 @@ machine; the s / iteration column gives the cost), next to the per-voxel baselin
 defaults and the test error split into a per-subject offset and the spatial rest.
 
     python benchmarks/tuning.py                       # PET, 6 variants × 300 iterations, ~35 min on 2 cores
+    python benchmarks/tuning.py --task md --variants 0 1       # MD: the defaults and the per-voxel prior
 
 The offset part of a subject's mean squared error is (mean error in the brain)²: a global over- or under-estimate,
 which for PET is the subject's amyloid load. No model that sees only one subject's MRI at a time can know it where
@@ -30,13 +31,13 @@ from custom_nets.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = "SC-GAN, train.json defaults"
-VARIANTS = {  # name: (model, config overrides)
+VARIANTS = {  # name: (model, config overrides); the most informative first
     DEFAULTS: ("scgan", {}),
+    "+ per-voxel prior channel (cubic polynomial)": ("scgan", {"per_voxel_prior": True}),
     "+ generator weight average (ema_decay 0.99)": ("scgan", {"ema_decay": 0.99}),
+    "+ augmentation (affine, bias field, gamma; p 0.3)": ("scgan", {"augmentation_prob": 0.3}),
     "+ tissue-mode input normalisation": ("scgan", {"intensity_normalization": "tissue_mode"}),
     "+ adversarial weight 0.1, feature matching 2": ("scgan", {"lambda_adv": 0.1, "lambda_fm": 2.0}),
-    "+ augmentation (affine, bias field, gamma; p 0.3)": ("scgan", {"augmentation_prob": 0.3}),
-    "+ lr 2e-4 (pix2pix's)": ("scgan", {"lr_g": 2e-4, "lr_d": 2e-4}),
 }
 
 
@@ -88,6 +89,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bundle" / "eval" / "tuning"))
     parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variants", type=int, nargs="+", help="indices of VARIANTS to run (default: all)")
     args = parser.parse_args()
     data = Path(args.data).absolute()
     datalist = data / "datalist.json"
@@ -109,6 +111,8 @@ def main() -> int:
         rows[name]["offset_share"] = offset_share(folder, datalist, target_key)
     scores_of = {}
     for index, (name, (model, overrides)) in enumerate(VARIANTS.items()):
+        if args.variants is not None and index not in args.variants and index != 0:
+            continue
         # train.json's patches and batches (64³, 1 subject × 2 patches) and its inference settings
         settings = RunSettings(
             iterations=args.iterations,
@@ -159,7 +163,9 @@ def main() -> int:
     lines = [
         f"# Tuning SC-GAN against the per-voxel baselines ({args.task.upper()})",
         "",
-        f"Produced by `python benchmarks/tuning.py --task {args.task} --iterations {args.iterations}` (seed "
+        f"Produced by `python benchmarks/tuning.py --task {args.task} --iterations {args.iterations}"
+        + (f" --variants {' '.join(map(str, args.variants))}" if args.variants else "")
+        + f"` (seed "
         f"{args.seed}) on this machine (2 CPU cores): {recorded / 60:.1f} min of training and inference as recorded in "
         f"the runs' `run.json` (this invocation {seconds / 60:.1f} min; finished runs are reused; other jobs shared "
         "the cores for part of it, so the s / iteration column is indicative). Generated file.",
@@ -174,7 +180,9 @@ def main() -> int:
         "",
         *_findings(rows, lookup),
     ]
-    atomic_write_text(Path(args.docs) / "tuning.md", "\n".join(lines) + "\n")
+    atomic_write_text(
+        Path(args.docs) / ("tuning.md" if args.task == "pet" else f"tuning_{args.task}.md"), "\n".join(lines) + "\n"
+    )
     print("\n".join(table))
     print(json.dumps({"benchmark": "tuning", "task": args.task, "iterations": args.iterations, "rows": rows}))
     return 0

@@ -173,6 +173,7 @@ def preprocessing_transforms(
     target_range: Sequence[float] = (0.0, 3.0),
     normalization: str = "percentile",
     mask_threshold: float = 0.05,
+    prior: Mapping | None = None,
 ) -> list:
     """The one preprocessing chain of training, validation, evaluation and inference (MONAI Label included).
 
@@ -180,12 +181,15 @@ def preprocessing_transforms(
     (channel first), reorient to RAS, optionally resample to ``pixdim``, take the datalist's brain mask when the item
     has one and derive it from the inputs otherwise (``DeriveBrainMaskd``; for skull-stripped inputs only), degrade the
     inputs by ``degrade_factor`` (super-resolution task), normalise every input channel inside the mask
-    (``NormalizeIntensityInMaskd``), scale the target from ``target_range`` to [0, 1] and zero it outside the mask.
+    (``NormalizeIntensityInMaskd``), append the per-voxel ``prior``'s prediction as a channel when one is given
+    (``custom_nets.prior``), scale the target from ``target_range`` to [0, 1] and zero it outside the mask.
 
     Returns:
         a list of MONAI dictionary transforms (append augmentation for training, or wrap in ``Compose``).
     """
     from monai.transforms import LoadImaged, MaskIntensityd, Orientationd, ScaleIntensityRanged, Spacingd
+
+    from custom_nets.prior import AppendPriord
 
     keys = ["image", "label", "mask"]
     contrasts = [CONTRASTS.get(str(key).lower(), "other") for key in input_keys]
@@ -201,6 +205,7 @@ def preprocessing_transforms(
         DeriveBrainMaskd("image", "mask", threshold=mask_threshold),
         DegradeResolutiond("image", factor=degrade_factor),
         NormalizeIntensityInMaskd("image", "mask", method=normalization, contrasts=contrasts),
+        AppendPriord("image", "mask", prior=prior, target_range=target_range),
         ScaleIntensityRanged(
             "label", a_min=target_range[0], a_max=target_range[1], b_min=0.0, b_max=1.0, allow_missing_keys=True
         ),
