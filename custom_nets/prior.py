@@ -1,6 +1,6 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
 """A per-voxel prior for the generator: the cubic polynomial of the normalised input intensities, fitted on the
-training subjects, given to the network as one more input channel (``per_voxel_prior: true``).
+training items when training starts, given to the network as one more input channel (``per_voxel_prior: true``).
 
 Why: on targets that are mostly a function of the voxel's tissue mix (MD, FA) the cubic polynomial is a strong
 baseline that a patch-trained generator reaches only slowly; with the polynomial's prediction as an input the network
@@ -25,28 +25,39 @@ __all__ = ["fit_prior", "load_prior", "load_or_fit_prior", "AppendPriord"]
 PRIOR_FORMAT = "scgan-per-voxel-prior/1"
 
 
-def fit_prior(
-    datalist: str | Path, input_keys: Sequence[str], target_key: str, normalization: str = "percentile"
-) -> dict:
-    """Fit ``custom_nets.baselines.CubicPolynomial`` on the datalist's ``training`` subjects (inputs normalised as the
-    bundle does) and return it as a JSON-ready dict."""
-    from custom_nets.baselines import CubicPolynomial, _subject
+def fit_prior(items: Sequence[Mapping], transforms: Sequence, input_keys: Sequence[str], normalization: str) -> dict:
+    """Fit ``custom_nets.baselines.CubicPolynomial`` on training ``items`` (``{"image", "label", "mask"?}``, as the
+    bundle's datasets hold them) after ``transforms`` (the bundle's preprocessing without the prior), so the
+    polynomial sees exactly the network's normalised inputs; the target is in the preprocessed [0, 1] scale.
 
-    datalist = Path(datalist)
-    content = json.loads(datalist.read_text(encoding="utf-8"))
-    training = [
-        _subject(entry, datalist.parent, list(input_keys), target_key, normalization) for entry in content["training"]
-    ]
-    model = CubicPolynomial().fit([t[0] for t in training], [t[1] for t in training], [t[2] for t in training])
+    Raises:
+        ValueError: no items, or an item without a ``label``.
+    """
+    from monai.transforms import Compose
+
+    from custom_nets.baselines import CubicPolynomial
+
+    if not items:
+        raise ValueError("the per-voxel prior needs training items, got none.")
+    chain = Compose(list(transforms))
+    inputs, targets, masks = [], [], []
+    for item in items:
+        if "label" not in item:
+            raise ValueError(f"the per-voxel prior needs a target ('label') in every training item, got {sorted(item)}.")
+        data = chain(dict(item))
+        mask = np.asarray(torch.as_tensor(data["mask"]).detach().cpu())[0] > 0
+        inputs.append(np.asarray(torch.as_tensor(data["image"]).detach().cpu(), dtype=np.float64)[:, mask])
+        targets.append(np.asarray(torch.as_tensor(data["label"]).detach().cpu(), dtype=np.float64)[0])
+        masks.append(mask)
+    model = CubicPolynomial().fit(inputs, targets, masks)
     return {
         "format": PRIOR_FORMAT,
         "kind": "cubic_polynomial",
         "degree": model.degree,
         "coefficients": [float(c) for c in model.coefficients],
         "input_keys": list(input_keys),
-        "target_key": target_key,
         "normalization": normalization,
-        "training_subjects": [e.get("subject", e.get("id")) for e in content["training"]],
+        "training_items": len(items),
     }
 
 
@@ -74,30 +85,23 @@ def load_prior(path: str | Path, input_keys: Sequence[str] | None = None, normal
 
 
 def load_or_fit_prior(
-    path: str | Path,
-    datalist: str | Path,
-    input_keys: Sequence[str],
-    target_key: str,
-    normalization: str = "percentile",
+    path: str | Path, items: Sequence[Mapping], transforms: Sequence, input_keys: Sequence[str], normalization: str
 ) -> dict:
-    """The prior at ``path`` when it matches the task (a resumed run), else a new fit written there atomically."""
+    """The prior at ``path`` when it matches the inputs (a resumed run), else ``fit_prior`` written there
+    atomically."""
     path = Path(path)
     if path.is_file():
         prior = load_prior(path)
-        if (prior["input_keys"], prior["target_key"], prior["normalization"]) == (
-            list(input_keys),
-            target_key,
-            normalization,
-        ):
+        if (prior["input_keys"], prior["normalization"]) == (list(input_keys), normalization):
             return prior
-    prior = fit_prior(datalist, input_keys, target_key, normalization)
+    prior = fit_prior(items, transforms, input_keys, normalization)
     atomic_write_json(path, prior)
     return prior
 
 
 class AppendPriord(MapTransform):
-    """Append the prior's prediction, scaled from ``target_range`` to [0, 1] and clipped, as the last channel of
-    ``keys`` (after ``NormalizeIntensityInMaskd``); zero outside the mask. ``prior=None`` leaves the data unchanged.
+    """Append the prior's prediction (the target's [0, 1] scale), clipped to [0, 1], as the last channel of ``keys``
+    (after ``NormalizeIntensityInMaskd``); zero outside the mask. ``prior=None`` leaves the data unchanged.
 
     Shapes: ``image`` ``(C, *spatial)`` → ``(C + 1, *spatial)``; ``mask`` ``(1, *spatial)``.
     """
@@ -107,10 +111,9 @@ class AppendPriord(MapTransform):
         keys: Hashable | Sequence[Hashable] = "image",
         mask_key: str = "mask",
         prior: Mapping | None = None,
-        target_range: Sequence[float] = (0.0, 1.0),
     ) -> None:
         super().__init__(keys)
-        self.mask_key, self.prior, self.target_range = mask_key, prior, tuple(float(v) for v in target_range)
+        self.mask_key, self.prior = mask_key, prior
         if prior is not None:
             from custom_nets.baselines import CubicPolynomial
 
@@ -124,7 +127,6 @@ class AppendPriord(MapTransform):
         from custom_nets.transforms import _like
 
         mask = np.asarray(torch.as_tensor(d[self.mask_key]).detach().cpu())[0] > 0
-        low, high = self.target_range
         for key in self.key_iterator(d):
             image = torch.as_tensor(d[key])
             values = np.asarray(image.detach().cpu(), dtype=np.float64)
@@ -133,7 +135,7 @@ class AppendPriord(MapTransform):
                     f"the per-voxel prior was fitted on {len(self.prior['input_keys'])} input channels "
                     f"({self.prior['input_keys']}), the image has {values.shape[0]}."
                 )
-            prediction = np.clip((self.model.predict(values[:, mask], mask) - low) / (high - low), 0.0, 1.0)
+            prediction = np.clip(self.model.predict(values[:, mask], mask), 0.0, 1.0)
             channel = torch.as_tensor(prediction * mask, dtype=image.dtype)[None]
             d[key] = _like(d[key], torch.cat([image.float(), channel.float()]))
         return d

@@ -205,7 +205,7 @@ def preprocessing_transforms(
         DeriveBrainMaskd("image", "mask", threshold=mask_threshold),
         DegradeResolutiond("image", factor=degrade_factor),
         NormalizeIntensityInMaskd("image", "mask", method=normalization, contrasts=contrasts),
-        AppendPriord("image", "mask", prior=prior, target_range=target_range),
+        AppendPriord("image", "mask", prior=prior),
         ScaleIntensityRanged(
             "label", a_min=target_range[0], a_max=target_range[1], b_min=0.0, b_max=1.0, allow_missing_keys=True
         ),

@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import TINY
 from monai.bundle import ConfigParser, ConfigWorkflow
+
+from custom_nets.transforms import preprocessing_transforms
 from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,7 +99,7 @@ def test_metadata_mandatory_keys_versions_and_tensor_specs():
     image = meta["network_data_format"]["inputs"]["image"]
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert [f for f in TENSOR_FIELDS if f not in image] == [] and [f for f in TENSOR_FIELDS if f not in pred] == []
-    assert image["num_channels"] == 2 and image["channel_def"] == {"0": "T1w", "1": "FLAIR"}
+    assert image["num_channels"] == 3 and [image["channel_def"][k] for k in "01"] == ["T1w", "FLAIR"]
     assert pred["num_channels"] == 1 and pred["dtype"] == "float32"
 
 
@@ -121,6 +123,8 @@ WORKFLOWS = [(["train.json"], "train"), (["inference.json"], "infer"), (["train.
     WORKFLOWS + [(c[:1] + [f"tasks/{t}.json"] + c[1:], k) for t in TASKS for c, k in WORKFLOWS],
 )
 def test_check_properties_of_every_workflow_and_task(configs, kind, data_dir, tmp_path):
+    if kind == "infer":  # inference reads the per-voxel prior that training writes beside the weights
+        _write_prior(tmp_path, data_dir, configs)
     workflow = _workflow(configs, kind, tmp_path, dataset_dir=str(data_dir), cache_rate=0.0, **TINY)
     workflow.initialize()
     assert workflow.check_properties() == []
@@ -137,8 +141,27 @@ def stacked_case(data_dir, tmp_path_factory) -> dict:
     return {"image": str(out / "image.nii.gz"), "label": str(data_dir / entry["pet"]), "affine": t1w.affine}
 
 
-def _bundle_copy(tmp_path) -> Path:
-    """A bundle folder as MONAI Label sees it, with random generator weights at models/model.pt."""
+def _write_prior(root: Path, data_dir: Path, configs: list[str] = ("inference.json",)) -> Path:
+    """``models/prior_<task>.json`` as training writes it, for the task of ``configs``."""
+    from custom_nets.data import load_items
+    from custom_nets.prior import load_or_fit_prior
+
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / c) for c in configs])
+    parser.update({"bundle_root": str(root), "dataset_dir": str(data_dir)})
+    keys, target = parser.get_parsed_content("input_keys"), parser.get_parsed_content("target_key")
+    transforms = preprocessing_transforms(
+        keys, None, parser.get_parsed_content("degrade_factor"), [parser["target_min"], parser["target_max"]]
+    )
+    items = load_items(data_dir / "datalist.json", "training", keys, target)
+    path = root / "models" / f"prior_{parser.get_parsed_content('task')}.json"
+    load_or_fit_prior(path, items, transforms, keys, "percentile")
+    return path
+
+
+def _bundle_copy(tmp_path, data_dir: Path | None = None) -> Path:
+    """A bundle folder as MONAI Label sees it, with random generator weights at models/model.pt (and the per-voxel
+    prior beside them when ``data_dir`` gives training subjects to fit it on)."""
     root = tmp_path / "bundle"
     (root / "models").mkdir(parents=True)
     (root / "configs").symlink_to(CONFIGS)
@@ -146,6 +169,8 @@ def _bundle_copy(tmp_path) -> Path:
     parser.read_config(str(CONFIGS / "inference.json"))
     parser.update(TINY)
     torch.save(parser.get_parsed_content("network_def").state_dict(), root / "models" / "model.pt")
+    if data_dir is not None:
+        _write_prior(root, data_dir)
     return root
 
 
@@ -153,7 +178,7 @@ def _bundle_copy(tmp_path) -> Path:
 def test_monai_label_inference_call(as_list, stacked_case, data_dir, tmp_path):
     """What MONAI Label's BundleInferTask does: read inference.json alone, build network_def, load models/model.pt,
     then preprocessing → inferer → postprocessing without SaveImaged, on a request with a single image."""
-    root = _bundle_copy(tmp_path)
+    root = _bundle_copy(tmp_path, data_dir)
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "inference.json"))
     parser.update({"bundle_root": str(root), "device": torch.device("cpu"), **TINY})
@@ -172,7 +197,7 @@ def test_monai_label_inference_call(as_list, stacked_case, data_dir, tmp_path):
     else:
         image = stacked_case["image"]
     data = preprocessing({"image": image})
-    assert "mask" in data and data["image"].shape[0] == 2
+    assert "mask" in data and data["image"].shape[0] == 3  # T1w, FLAIR, the per-voxel prior
     with torch.no_grad():
         data["pred"] = inferer(data["image"][None], network)[0]
     result = postprocessing(data)
@@ -246,7 +271,7 @@ def test_ckpt_export_torchscript_and_onnx_match_eager(tmp_path):
         "--use_trace",
         "True",
         "--input_shape",
-        "[1, 2, 32, 32, 32]",
+        "[1, 3, 32, 32, 32]",
         *overrides,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -257,7 +282,7 @@ def test_ckpt_export_torchscript_and_onnx_match_eager(tmp_path):
     network = parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu"))
     network.eval()
-    x = torch.rand(1, 2, 32, 32, 32)
+    x = torch.rand(1, 3, 32, 32, 32)
     with torch.no_grad():
         expected = network(x)
         scripted = torch.jit.load(str(root / "models" / "model.ts"))(x)

@@ -164,3 +164,12 @@ def test_png_encoder_round_trip():
     idat = png.index(b"IDAT")
     raw = zlib.decompress(png[idat + 4 : idat + 4 + int.from_bytes(png[idat - 4 : idat], "big")])
     assert np.array_equal(np.frombuffer(raw, np.uint8).reshape(12, 8)[:, 1:], image)
+
+
+def test_split_fractions_reach_the_datalist(tmp_path):
+    generate_dataset(tmp_path, subjects=4, seed=SEED, progress=False, fractions=(0.5, 0.0, 0.5))
+    datalist = json.loads((tmp_path / "datalist.json").read_text(encoding="utf-8"))
+    assert (len(datalist["training"]), len(datalist["validation"]), len(datalist["test"])) == (2, 0, 2)
+    with pytest.raises(ValueError, match="fractions"):
+        generate_dataset(tmp_path / "bad", subjects=4, seed=SEED, progress=False, fractions=(0.5, 0.5, 0.5))
+    assert not (tmp_path / "bad").exists()  # checked before anything is written
