@@ -347,6 +347,7 @@ def test_inference_reads_itk_formats_and_writes_nifti_on_the_input_grid(kind, da
         files[key] = _write_itk(array, tmp_path / "in" / f"{entry['subject']}_{key}{suffix}", spacing, origin, kind)
     datalist = {"training": [], "validation": [], "test": [{"subject": entry["subject"], **files}]}
     (tmp_path / "in" / "datalist.json").write_text(json.dumps(datalist))
+    _write_prior(tmp_path, data_dir)
     workflow = _workflow(
         ["inference.json"],
         "infer",
