@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overrides", default="{}", help="JSON of inference ids the run was trained with")
     args = parser.parse_args(argv)
     run, datalist = Path(args.run).absolute(), Path(args.datalist).absolute()
-    rows = {name: measure(run, args.task, datalist, name, o, json.loads(args.overrides)) for name, o in SETTINGS.items()}
+    extra = json.loads(args.overrides)
+    rows = {name: measure(run, args.task, datalist, name, overrides, extra) for name, overrides in SETTINGS.items()}
     print("| blending | NRMSE | worst seam ratio per subject: median (max) | s / subject |")
     print("|---|---|---|---|")
     for name, row in rows.items():

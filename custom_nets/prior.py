@@ -43,7 +43,7 @@ def fit_prior(items: Sequence[Mapping], transforms: Sequence, input_keys: Sequen
     inputs, targets, masks = [], [], []
     for item in items:
         if "label" not in item:
-            raise ValueError(f"the per-voxel prior needs a target ('label') in every training item, got {sorted(item)}.")
+            raise ValueError(f"the per-voxel prior needs a target ('label') in every training item, got {sorted(item)}")
         data = chain(dict(item))
         mask = np.asarray(torch.as_tensor(data["mask"]).detach().cpu())[0] > 0
         inputs.append(np.asarray(torch.as_tensor(data["image"]).detach().cpu(), dtype=np.float64)[:, mask])
