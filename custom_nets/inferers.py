@@ -34,8 +34,7 @@ class SeamlessSlidingWindowInferer(SlidingWindowInferer):
     a few voxels, and with wider Gaussians a window's border still carries weight: either way a straight seam. Hann
     weights fall to zero at the window border and hand over across the whole overlap, so the disagreement becomes a
     smooth blend. Running the whole volume in one window avoids borders but is not an option for patch-trained
-    networks: the norms then see other statistics than in training (NRMSE 0.48 against 0.11 with windows, PET,
-    ``bundle/docs/tuning.md``).
+    networks: the norms then see other statistics than in training (``benchmarks/seams.py`` measures it).
 
     Args:
         roi_size, sw_batch_size, overlap: as ``SlidingWindowInferer`` (``overlap`` 0.5 gives the exact partition).
