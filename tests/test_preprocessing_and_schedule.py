@@ -16,8 +16,10 @@ from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from custom_nets.baselines import scaled_inputs
+from custom_nets.data import load_items
 from custom_nets.handlers import CosineSchedule
-from custom_nets.transforms import normalize_intensity
+from custom_nets.prior import fit_prior
+from custom_nets.transforms import normalize_intensity, preprocessing_transforms
 
 CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"
 
@@ -54,7 +56,10 @@ def _whole_head_datalist(data_dir: Path, out: Path) -> Path:
 @pytest.mark.parametrize("normalization", ["percentile", "tissue_mode"])
 def test_training_validation_and_inference_normalise_identically(data_dir, tmp_path, normalization):
     datalist = _whole_head_datalist(data_dir, tmp_path)
-    common = {"datalist": str(datalist), "intensity_normalization": normalization}
+    items = load_items(data_dir / "datalist.json", "training", ["t1w", "flair"], "pet")
+    chain = preprocessing_transforms(["t1w", "flair"], None, 1.0, (0.0, 3.0), normalization)
+    prior = fit_prior(items, chain, ["t1w", "flair"], normalization)  # the third channel must agree too
+    common = {"datalist": str(datalist), "intensity_normalization": normalization, "prior": prior}
     train = _parsed("train.json", data_dir, **common)
     infer = _parsed("inference.json", data_dir, **common)
     validation_item = train.get_parsed_content("validate#dataset")[0]
@@ -68,7 +73,7 @@ def test_training_validation_and_inference_normalise_identically(data_dir, tmp_p
     entry = json.loads(datalist.read_text())["test"][0]
     raw = [np.asanyarray(nib.load(entry[k]).dataobj) for k in ("t1w", "flair")]
     baseline_inputs = scaled_inputs(raw, truth, normalization, ["t1w", "flair"])
-    network_inputs = np.asarray(torch.as_tensor(inference_item["image"]))[:, truth]
+    network_inputs = np.asarray(torch.as_tensor(inference_item["image"]))[:2, truth]  # channel 2: the prior
     np.testing.assert_allclose(baseline_inputs, network_inputs, atol=1e-6)
 
 
@@ -82,9 +87,8 @@ def test_inference_without_a_mask_derives_one(data_dir, tmp_path):
         nib.save(nib.Nifti1Image(values, image.affine), str(tmp_path / f"{key}.nii.gz"))
     datalist = tmp_path / "datalist.json"
     datalist.write_text(json.dumps({"test": [{k: str(tmp_path / f"{k}.nii.gz") for k in ("t1w", "flair")}]}))
-    mask = torch.as_tensor(
-        _parsed("inference.json", data_dir, datalist=str(datalist)).get_parsed_content("dataset")[0]["mask"]
-    )
+    parser = _parsed("inference.json", data_dir, datalist=str(datalist), per_voxel_prior=False)
+    mask = torch.as_tensor(parser.get_parsed_content("dataset")[0]["mask"])
     assert mask[0, :8].sum() == 0 and mask[0, 8:].mean() > 0.9
 
 
