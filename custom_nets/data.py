@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
+
+from custom_nets.io import read_json
 
 __all__ = ["load_items"]
 
@@ -26,12 +27,8 @@ def load_items(
     otherwise); ``base_dir`` defaults to the datalist's folder.
     """
     datalist = Path(datalist)
-    if not datalist.is_file():
-        raise FileNotFoundError(
-            f"datalist {datalist} not found (generate one with python -m custom_nets.phantom or "
-            "python -m custom_nets.datalist)."
-        )
-    content = json.loads(datalist.read_text(encoding="utf-8"))
+    hint = "generate one with python -m custom_nets.phantom or python -m custom_nets.datalist."
+    content = read_json(datalist, "datalist", hint)
     if split not in content:
         raise ValueError(f"datalist {datalist} has no '{split}' list (it has: {sorted(content)}).")
     if not content[split]:

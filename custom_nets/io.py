@@ -13,7 +13,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-__all__ = ["atomic_write_text", "atomic_write_json", "atomic_save_nifti", "atomic_write_bytes", "sha256_of"]
+__all__ = [
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_save_nifti",
+    "atomic_write_bytes",
+    "sha256_of",
+    "read_json",
+]
 
 
 def _publish(temporary: str, path: Path) -> None:
@@ -73,3 +80,16 @@ def atomic_save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.nda
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path: str | os.PathLike, what: str, hint: str) -> Any:
+    """The JSON content of ``path``, a file the user supplies.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file; the message names it as ``what`` and says how to get one
+            (``hint``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found: {hint}")
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -10,7 +10,6 @@ coefficients are stored beside the weights (``models/prior_<task>.json``) and in
 
 from __future__ import annotations
 
-import json
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
-from custom_nets.io import atomic_write_json
+from custom_nets.io import atomic_write_json, read_json
 
 __all__ = ["fit_prior", "load_prior", "load_or_fit_prior", "AppendPriord"]
 
@@ -70,12 +69,8 @@ def load_prior(path: str | Path, input_keys: Sequence[str] | None = None, normal
         ValueError: the file is not a prior, or was fitted for other inputs or another normalisation.
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"per-voxel prior {path} not found: it is written by training with per_voxel_prior true, beside the "
-            "weights; copy it with the model."
-        )
-    prior = json.loads(path.read_text(encoding="utf-8"))
+    hint = "it is written by training with per_voxel_prior true, beside the weights; copy it with the model."
+    prior = read_json(path, "per-voxel prior", hint)
     if prior.get("format") != PRIOR_FORMAT:
         raise ValueError(f"{path} is not a per-voxel prior (format {prior.get('format')!r}, expected {PRIOR_FORMAT}).")
     for key, expected in (("input_keys", list(input_keys) if input_keys else None), ("normalization", normalization)):

@@ -166,3 +166,10 @@ def test_cli_writes_default_path(tmp_path):
     args = ["--root", str(root)] + [f"--key={k}={v}" for k, v in KEYS.items()]
     assert datalist_cli(args) == 0
     assert (root / "datalist.json").is_file()
+
+
+def test_missing_datalist_names_the_file_and_how_to_make_one(tmp_path):
+    from custom_nets.data import load_items
+
+    with pytest.raises(FileNotFoundError, match=r"datalist .*missing\.json not found: generate one with"):
+        load_items(tmp_path / "missing.json", "training", ["t1w"])
