@@ -89,7 +89,7 @@ def run_split(split: str, args: argparse.Namespace, docs: Path, log=print) -> di
         / f"{_budget(args)}_p{patch}_seed{args.seed}_guard{args.guard_mm:g}"
     )
     # fp32 unless asked: bf16 autocast on a CPU with avx512_bf16 gave non-finite generator gradients at random
-    overrides = {"input_keys": INPUT_KEYS, "target_min": 0.0, "target_max": 1.0, "amp": args.amp}
+    overrides = {"input_keys": INPUT_KEYS, "target_min": 0.0, "target_max": 1.0, "amp": args.amp, **args.set}
     log(f"[{split}] crop {content['crop_shape']}, patch {patch}³, {content['voxels']}")
     baselines = run_baselines(datalist, out / "baselines", "pet", INPUT_KEYS, score_mask_key="score_mask")
     learned = {}
@@ -189,6 +189,20 @@ def _budget_words(args: argparse.Namespace) -> str:
     return f"{args.minutes:g} min of wall clock" if args.iterations is None else _count(args.iterations, "iteration")
 
 
+def _parse_overrides(parser: argparse.ArgumentParser, pairs: list[str]) -> dict:
+    """``["id=json", ...]`` → ``{id: value}``; a bad pair ends the program with a message naming it."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        try:
+            if not sep or not key:
+                raise ValueError("expected ID=JSON")
+            overrides[key] = json.loads(text)
+        except ValueError as error:
+            parser.error(f"--set {pair!r}: {error} (for example residual_on_prior=true or lr_g=0.0002)")
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
@@ -218,7 +232,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "bundle" / "eval" / "real_case"))
     parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="ID=JSON",
+        help="bundle config ids to override for every learned model, e.g. --set residual_on_prior=true",
+    )
     args = parser.parse_args(argv)
+    args.set = _parse_overrides(parser, args.set)
     if args.iterations is not None and args.iterations < 1:
         parser.error("--iterations must be >= 1")
     if args.iterations is None and args.minutes <= 0:

@@ -47,6 +47,10 @@ VARIANTS = {  # name: (model, config overrides); each lever against the first ro
         "scgan",
         {"per_voxel_prior": False, "lambda_adv": 0.1, "lambda_fm": 2.0},
     ),
+    "+ per-voxel prior as the residual base (output = prior + learned correction)": (
+        "scgan",
+        {"per_voxel_prior": True, "residual_on_prior": True},
+    ),
 }
 
 

@@ -15,9 +15,9 @@ import pytest
 import torch
 from conftest import TINY
 from monai.bundle import ConfigParser, ConfigWorkflow
+from packaging.requirements import Requirement
 
 from custom_nets.transforms import preprocessing_transforms
-from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"

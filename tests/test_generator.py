@@ -146,6 +146,8 @@ def test_input_that_does_not_fit(shape, message):
         [dict(decoder_attention_levels=(3,)), "decoder_attention_levels"],
         [dict(kernel_size=(3, 3)), "kernel_size"],
         [dict(dropout=1.0), "dropout"],
+        [dict(residual_channel=2), "residual_channel"],
+        [dict(residual_channel=-1), "residual_channel"],
     ]
 )
 def test_bad_arguments(kwargs, word):
@@ -157,3 +159,16 @@ def test_unknown_preset():
     with pytest.raises(ValueError, match="paper"):
         SCGANGenerator.from_preset("huge")
     assert set(GENERATOR_PRESETS) == {"paper", "cpu"}
+
+
+@parameterized.expand([[3], [2]])
+def test_residual_output_starts_at_the_base_channel_and_learns_a_correction(spatial_dims):
+    generator = SCGANGenerator(**{**SMALL, "spatial_dims": spatial_dims, "in_channels": 3, "residual_channel": 2})
+    x = torch.rand((2, 3) + (16,) * spatial_dims)
+    assert torch.equal(generator(x), x[:, 2:3])  # the gain starts at 0: the prior exactly
+    loss = (generator(x) - torch.zeros_like(x[:, :1])).pow(2).mean()
+    loss.backward()
+    assert generator.residual_gain.grad.abs().item() > 0  # the correction is learnable from the first step
+    with torch.no_grad():
+        generator.residual_gain.fill_(1.0)
+    assert not torch.equal(generator(x), x[:, 2:3])

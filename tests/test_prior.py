@@ -63,8 +63,14 @@ def test_no_prior_leaves_the_image_alone():
     assert AppendPriord("image", "mask", None)(data)["image"] is data["image"]
 
 
-def test_bundle_round_trip_with_the_prior(data_dir, tmp_path):
-    common = {"bundle_root": str(tmp_path), "dataset_dir": str(data_dir), "per_voxel_prior": True}
+@pytest.mark.parametrize("residual_on_prior", [False, True])
+def test_bundle_round_trip_with_the_prior(residual_on_prior, data_dir, tmp_path):
+    common = {
+        "bundle_root": str(tmp_path),
+        "dataset_dir": str(data_dir),
+        "per_voxel_prior": True,
+        "residual_on_prior": residual_on_prior,
+    }
     train = ConfigWorkflow(
         config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "tasks" / "md.json")],
         meta_file=str(CONFIGS / "metadata.json"),
@@ -75,6 +81,8 @@ def test_bundle_round_trip_with_the_prior(data_dir, tmp_path):
     train.run()
     train.finalize()
     assert (tmp_path / "models" / "prior_md.json").is_file() and (tmp_path / "models" / "model_md.pt").is_file()
+    weights = torch.load(tmp_path / "models" / "model_md.pt", weights_only=True)
+    assert ("residual_gain" in weights) == residual_on_prior
     infer = ConfigWorkflow(
         config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "tasks" / "md.json")],
         meta_file=str(CONFIGS / "metadata.json"),

@@ -108,6 +108,13 @@ class SCGANGenerator(nn.Module):
         final_channels: channels of the last decoder layer; ``None`` uses ``in_channels`` as the paper's code.
         out_act: output activation: ``None`` (identity), ``"relu"``, ``"sigmoid"``, ``"tanh"`` or any MONAI name.
         attention: ``False`` removes every attention site (the paper's 3D cGAN and no-attention ablation).
+        residual_channel: index of an input channel that already estimates the target (the per-voxel prior of
+            ``custom_nets.prior``); the output becomes that channel plus ``residual_gain`` times the head's output
+            (residual learning, He et al., CVPR 2016), with the gain initialised to 0 as SAGAN's attention gamma
+            (Zhang et al., ICML 2019), so training starts from the prior exactly. ``None``: the paper's output.
+
+    Raises:
+        ValueError: an argument outside its documented range (the message names it).
     """
 
     def __init__(
@@ -134,6 +141,7 @@ class SCGANGenerator(nn.Module):
         final_channels: int | None = None,
         out_act: str | tuple | None = None,
         attention: bool = True,
+        residual_channel: int | None = None,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -212,6 +220,10 @@ class SCGANGenerator(nn.Module):
         if out_act is not None:
             head.append(get_act_layer(out_act))
         self.head = nn.Sequential(*head)
+        if residual_channel is not None and not 0 <= residual_channel < in_channels:
+            raise ValueError(f"residual_channel must be within [0, {in_channels - 1}], got {residual_channel}.")
+        self.residual_channel = residual_channel
+        self.residual_gain = nn.Parameter(torch.zeros(1)) if residual_channel is not None else None
 
     @classmethod
     def from_preset(cls, preset: str = "cpu", **overrides: Any) -> SCGANGenerator:
@@ -236,6 +248,7 @@ class SCGANGenerator(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_tracing():  # a traced graph keeps no Python checks; they would only warn
             self.check_input_shape(list(x.shape))
+        base = x[:, self.residual_channel : self.residual_channel + 1] if self.residual_channel is not None else None
         skips: List[torch.Tensor] = []
         for layer in self.encoder:
             x = layer(x)
@@ -245,4 +258,6 @@ class SCGANGenerator(nn.Module):
             if position > 0:
                 x = torch.cat((x, skips[self.depth - 1 - position]), dim=1)
             x = layer(x)
+        if base is not None and self.residual_gain is not None:
+            return base.to(x.dtype) + self.residual_gain.to(x.dtype) * self.head(x)
         return self.head(x)
