@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from custom_nets.io import atomic_save_nifti
+from custom_nets.data import DATALIST_HINT, entry_id
+from custom_nets.io import atomic_save_nifti, check_same_grid, load_volume, read_json
 from custom_nets.transforms import CONTRASTS, normalize_intensity
 
 __all__ = ["scaled_inputs", "PopulationMean", "IntensityLookup", "CubicPolynomial", "BASELINES", "predict_split"]
-
-
-def _load(path: Path) -> np.ndarray:
-    return np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
 
 
 def scaled_inputs(
@@ -116,16 +111,29 @@ BASELINES = {
 }
 
 
-def _subject(entry: dict, base: Path, input_keys: list[str], target_key: str | None, normalization: str = "percentile"):
-    for key in list(input_keys) + ([target_key] if target_key else []) + ["mask"]:
+def _subject(
+    entry: dict, name: str, base: Path, input_keys: list[str], target_key: str | None, normalization: str = "percentile"
+):
+    """(scaled inputs ``(C, N)``, target or None, mask, affine) of one entry, each file checked on load (readable, 3D,
+    finite, on the grid of the first input; ``custom_nets.io.load_volume``), errors naming the entry and file."""
+    keys = list(input_keys) + ([target_key] if target_key else []) + ["mask"]
+    for key in keys:
         if key not in entry:
-            raise ValueError(f"datalist entry {entry.get('subject')}: missing key '{key}' (it has {sorted(entry)}).")
-    mask = _load(base / entry["mask"]) > 0
+            raise ValueError(f"datalist entry {name}: missing key '{key}' (it has {sorted(entry)}).")
+    volumes, reference = {}, None
+    for key in keys:
+        label = f"entry {name}, key '{key}'"
+        volumes[key], affine = load_volume(base / entry[key], label)
+        grid = (volumes[key].shape, affine)
+        if reference is None:
+            reference = (f"{label}: {base / entry[key]}", *grid)
+        else:
+            check_same_grid(f"{label}: {base / entry[key]}", *grid, *reference)
+    mask = volumes["mask"] > 0
     if not mask.any():
-        raise ValueError(f"{base / entry['mask']}: the brain mask is empty.")
-    inputs = scaled_inputs([_load(base / entry[k]) for k in input_keys], mask, normalization, input_keys)
-    target = _load(base / entry[target_key]) if target_key else None
-    return inputs, target, mask
+        raise ValueError(f"entry {name}, key 'mask': {base / entry['mask']}: the brain mask is empty.")
+    inputs = scaled_inputs([volumes[k] for k in input_keys], mask, normalization, input_keys)
+    return inputs, volumes.get(target_key) if target_key else None, mask, reference[2]
 
 
 def predict_split(
@@ -137,20 +145,29 @@ def predict_split(
     normalization: str = "percentile",
 ) -> dict[str, Path]:
     """Fit every baseline on the training split and write its predictions for ``split`` as NIfTI files
-    ``out_dir/<baseline>/<subject>_<target>.nii.gz``; returns the folder of each baseline."""
+    ``out_dir/<baseline>/<entry id>_<target>.nii.gz``; returns the folder of each baseline. Every file is read and
+    checked before anything is written."""
     datalist = Path(datalist)
-    content = json.loads(datalist.read_text(encoding="utf-8"))
+    content = read_json(datalist, "datalist", DATALIST_HINT)
     base, out_dir = datalist.parent, Path(out_dir)
-    training = [_subject(e, base, list(input_keys), target_key, normalization) for e in content["training"]]
+    for part in ("training", split):
+        if not content.get(part):
+            raise ValueError(f"datalist {datalist}: no entries in '{part}'.")
+    training = [
+        _subject(e, entry_id(e, i), base, list(input_keys), target_key, normalization)
+        for i, e in enumerate(content["training"])
+    ]
+    tests = {
+        entry_id(e, i): _subject(e, entry_id(e, i), base, list(input_keys), None, normalization)
+        for i, e in enumerate(content[split])
+    }
     folders = {}
     for name, cls in BASELINES.items():
         model = cls().fit([t[0] for t in training], [t[1] for t in training], [t[2] for t in training])
         folders[name] = out_dir / name
-        for entry in content[split]:
-            inputs, _, mask = _subject(entry, base, list(input_keys), None, normalization)
-            affine = nib.load(str(base / entry["mask"])).affine
+        for subject, (inputs, _, mask, affine) in tests.items():
             prediction = model.predict(inputs, mask).astype(np.float32)
-            atomic_save_nifti(folders[name] / f"{entry['subject']}_{target_key}.nii.gz", prediction, affine)
+            atomic_save_nifti(folders[name] / f"{subject}_{target_key}.nii.gz", prediction, affine)
     return folders
 
 

@@ -7,16 +7,16 @@ Used by ``benchmarks/paper_table.py`` (synthetic subjects) and ``benchmarks/real
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from custom_nets.baselines import predict_split
-from custom_nets.evaluate import evaluate_predictions, noise_free_predictions
+from custom_nets.data import DATALIST_HINT, entry_id
+from custom_nets.evaluate import evaluate_predictions, find_prediction, noise_free_predictions
 from custom_nets.experiments import CONFIGS, RunSettings, train_and_infer
 from custom_nets.figures import write_png
+from custom_nets.io import load_volume, read_json
 
 __all__ = [
     "ORACLE_LABEL",
@@ -148,15 +148,8 @@ def markdown_table(rows: dict[str, dict], labels: dict[str, str], interval: bool
     return lines
 
 
-def _load(path: str | Path) -> np.ndarray:
-    return np.asanyarray(nib.load(str(path)).dataobj).astype(np.float32)
-
-
-def _prediction_file(folder: str | Path, subject: str) -> Path:
-    matches = sorted(p for p in Path(folder).glob(f"{subject}*.nii*") if p.name[len(subject)] in "_.")
-    if len(matches) != 1:
-        raise FileNotFoundError(f"{folder}: expected one prediction for {subject}, found {len(matches)}.")
-    return matches[0]
+def _load(path: str | Path, what: str) -> np.ndarray:
+    return load_volume(path, what, axcodes="RAS")[0].astype(np.float32)
 
 
 def comparison_figure(
@@ -172,12 +165,13 @@ def comparison_figure(
 ) -> Path:
     """One mid-axial slice of one held-out subject. Row 1: the inputs and the target; row 2: each model's synthesis
     (in the order of ``prediction_folders``); row 3: its absolute error, on half the target's display range."""
-    content = json.loads(Path(datalist).read_text(encoding="utf-8"))
+    content = read_json(datalist, "datalist", DATALIST_HINT)
     entry = content[split][subject_index]
     base = Path(datalist).parent
-    subject = entry.get("subject", entry.get("id"))
-    mask = _load(base / entry[score_mask_key]) > 0
-    target = _load(base / entry[target_key])
+    ids = [entry_id(e, i) for i, e in enumerate(content[split])]
+    subject = ids[subject_index]
+    mask = _load(base / entry[score_mask_key], f"entry {subject}") > 0
+    target = _load(base / entry[target_key], f"entry {subject}")
     z = int(np.argmax(mask.sum(axis=(0, 1)))) if slice_index is None else slice_index
     high = float(np.percentile(target[mask], 99.5))
 
@@ -188,11 +182,11 @@ def comparison_figure(
 
     inputs = []
     for key in input_keys:
-        volume = _load(base / entry[key])
+        volume = _load(base / entry[key], f"entry {subject}")
         inputs.append(tile(volume, 0.0, float(np.percentile(volume[mask], 99.5))))
     syntheses, errors = [], []
     for folder in prediction_folders.values():
-        prediction = _load(_prediction_file(folder, subject))
+        prediction = _load(find_prediction(folder, subject, ids), f"entry {subject}, prediction")
         syntheses.append(tile(prediction, 0.0, high))
         errors.append(tile(np.abs(prediction - target), 0.0, high / 2))
     blank = np.zeros_like(inputs[0])

@@ -3,12 +3,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from custom_nets.io import read_json
 
-__all__ = ["load_items"]
+__all__ = ["load_items", "entry_id", "DATALIST_HINT"]
+
+DATALIST_HINT = "generate one with python -m custom_nets.phantom or python -m custom_nets.datalist."
+
+
+def entry_id(entry: Mapping, index: int = 0) -> str:
+    """The id of a datalist entry, unique within its datalist: ``id`` when given (``custom_nets.datalist`` writes
+    ``<subject>`` or ``<subject>_<session>``), else ``subject`` with ``_<session>`` when a ``session`` is given, else
+    ``entry-<index>``. Outputs (predictions, metrics rows) are named by it."""
+    if entry.get("id") not in (None, ""):
+        return str(entry["id"])
+    if entry.get("subject") not in (None, ""):
+        session = entry.get("session")
+        return f"{entry['subject']}_{session}" if session not in (None, "") else str(entry["subject"])
+    return f"entry-{index}"
 
 
 def load_items(
@@ -20,15 +34,15 @@ def load_items(
     base_dir: str | Path | None = None,
     limit: int | None = None,
 ) -> list[dict]:
-    """Items ``{"image": [input files], "label": target file, "mask": mask file, "id": subject}`` of one split.
+    """Items ``{"image": [input files], "label": target file, "mask": mask file, "id": entry id}`` of one split
+    (``entry_id``; ids must be unique).
 
     Raises a ValueError naming the datalist, split, entry and key when a key is missing, or a FileNotFoundError naming
     the file when a path does not exist. ``mask_key`` is used when present in an entry (the transforms derive a mask
     otherwise); ``base_dir`` defaults to the datalist's folder.
     """
     datalist = Path(datalist)
-    hint = "generate one with python -m custom_nets.phantom or python -m custom_nets.datalist."
-    content = read_json(datalist, "datalist", hint)
+    content = read_json(datalist, "datalist", DATALIST_HINT)
     if split not in content:
         raise ValueError(f"datalist {datalist} has no '{split}' list (it has: {sorted(content)}).")
     if not content[split]:
@@ -36,9 +50,15 @@ def load_items(
     base = Path(base_dir) if base_dir is not None else datalist.parent
     if isinstance(input_keys, str):
         input_keys = [input_keys]
-    items = []
+    items, seen = [], {}
     for index, entry in enumerate(content[split][:limit]):
-        name = entry.get("subject", entry.get("id", f"entry {index}"))
+        name = entry_id(entry, index)
+        if name in seen:
+            raise ValueError(
+                f"datalist {datalist}, '{split}': entries {seen[name]} and {index} share the id {name!r}; give each "
+                "entry a unique 'id' (e.g. <subject>_<session>), since outputs are named by it."
+            )
+        seen[name] = index
         needed = list(input_keys) + ([target_key] if target_key else [])
         missing = [key for key in needed if key not in entry]
         if missing:

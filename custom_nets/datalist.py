@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from custom_nets.io import atomic_write_json
+from custom_nets.io import AFFINE_TOLERANCE_MM, atomic_write_json, check_same_grid, load_volume
 
 __all__ = ["DatalistError", "find_subjects", "validate_subjects", "build_datalist", "split_subjects", "BIDS_KEYS"]
 
@@ -109,11 +109,15 @@ def find_subjects(root: str | Path, keys: Mapping[str, str], layout: str = "bids
         for key, pattern in keys.items():
             if "{subject}" not in pattern:
                 raise DatalistError([f"--key {key}={pattern}: a flat-layout pattern needs a {{subject}} placeholder."])
-        first_key, first_pattern = next(iter(keys.items()))
-        regex = re.compile(re.escape(first_pattern).replace(re.escape("{subject}"), "(?P<subject>.+?)") + "$")
-        subjects = sorted(m.group("subject") for p in root.iterdir() if (m := regex.match(p.name)))
+        # subjects found through any key, so that a subject missing one file is reported, not dropped
+        subjects_of = {}
+        for key, pattern in keys.items():
+            regex = re.compile(re.escape(pattern).replace(re.escape("{subject}"), "(?P<subject>.+?)") + "$")
+            subjects_of[key] = {m.group("subject") for p in root.iterdir() if (m := regex.match(p.name))}
+        subjects = sorted(set().union(*subjects_of.values()))
         if not subjects:
-            raise DatalistError([f"--key {first_key}={first_pattern}: no file in {root} matches."])
+            patterns = ", ".join(f"{key}={pattern}" for key, pattern in keys.items())
+            raise DatalistError([f"--key {patterns}: no file in {root} matches."])
         for subject in subjects:
             entry = {"subject": subject}
             for key, pattern in keys.items():
@@ -128,16 +132,6 @@ def find_subjects(root: str | Path, keys: Mapping[str, str], layout: str = "bids
     return entries, problems
 
 
-def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(array with channels last or none, 4×4 RAS affine) through MONAI's readers."""
-    from monai.data import ITKReader, NibabelReader
-    from monai.transforms import LoadImage
-
-    reader = NibabelReader() if path.name.lower().endswith((".nii", ".nii.gz")) else ITKReader()
-    image = LoadImage(reader=reader, image_only=True)(str(path))
-    return np.asarray(image), np.asarray(image.affine, dtype=np.float64)
-
-
 def _digest(path: Path) -> str:
     digest = hashlib.sha1()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -149,7 +143,7 @@ def _digest(path: Path) -> str:
 
 
 def validate_subjects(
-    entries: Mapping[str, Mapping], mask_keys: Sequence[str] = ("mask",), affine_tol: float = 1e-2
+    entries: Mapping[str, Mapping], mask_keys: Sequence[str] = ("mask",), affine_tol: float = AFFINE_TOLERANCE_MM
 ) -> list[str]:
     """All problems of the found files: unreadable, non-finite, empty masks, shape/affine mismatches, duplicates."""
     problems = []
@@ -166,25 +160,20 @@ def validate_subjects(
                 problems.append(f"{label}: same content as {seen[digest]} (duplicated subject or file)")
                 continue
             seen[digest] = label
-            try:
-                array, affine = _load(path)
-            except Exception as error:  # any reader failure is reported with its file
-                problems.append(f"{label}: cannot be read ({type(error).__name__}: {str(error).splitlines()[0][:200]})")
+            try:  # the bundle's own checks (readable, one 3D volume, finite), so what passes here loads there
+                array, affine = load_volume(path, f"{entry_id}: key '{key}'")
+            except (OSError, ValueError) as error:
+                problems.append(str(error))
                 continue
-            spatial = array.shape[-3:] if array.ndim >= 3 else array.shape
-            if not np.isfinite(array).all():
-                problems.append(f"{label}: {int((~np.isfinite(array)).sum())} non-finite values (NaN or inf)")
             if key in mask_keys and not (array > 0).any():
                 problems.append(f"{label}: the mask is empty")
             if reference is None:
-                reference = (key, spatial, affine)
-            elif spatial != reference[1]:
-                problems.append(f"{label}: shape {spatial} differs from '{reference[0]}' {reference[1]}")
-            elif not np.allclose(affine, reference[2], atol=affine_tol):
-                worst = float(np.abs(affine - reference[2]).max())
-                problems.append(
-                    f"{label}: affine differs from '{reference[0]}' by up to {worst:.3g} mm (tolerance {affine_tol})"
-                )
+                reference = (f"'{key}' {path}", array.shape, affine)
+                continue
+            try:
+                check_same_grid(label, array.shape, affine, *reference, tolerance=affine_tol)
+            except ValueError as error:
+                problems.append(str(error))
     return problems
 
 
@@ -196,7 +185,7 @@ def build_datalist(
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     mask_keys: Sequence[str] = ("mask",),
-    affine_tol: float = 1e-2,
+    affine_tol: float = AFFINE_TOLERANCE_MM,
 ) -> Path:
     """Find, validate, split and write; raises ``DatalistError`` listing every problem (and writes nothing)."""
     keys = dict(BIDS_KEYS if keys is None and layout == "bids" else keys or {})

@@ -10,17 +10,16 @@ intensity lookup table, cubic polynomial), and write a report.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
 from custom_nets.baselines import predict_split
+from custom_nets.data import DATALIST_HINT, entry_id
 from custom_nets.figures import write_png
-from custom_nets.io import atomic_write_json, atomic_write_text
+from custom_nets.io import atomic_write_json, atomic_write_text, load_volume, read_json
 from custom_nets.metrics import masked_nrmse, masked_psnr, masked_rmse, masked_ssim
 from custom_nets.phantom.dataset import generate_dataset
 
@@ -30,7 +29,7 @@ BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
 
 
 def _load(path: str | Path) -> np.ndarray:
-    return np.asanyarray(nib.load(str(path)).dataobj).astype(np.float32)
+    return load_volume(path)[0].astype(np.float32)
 
 
 def score_subjects(predictions: dict[str, np.ndarray], entries: list[dict], target_key: str, base: Path) -> dict:
@@ -128,13 +127,12 @@ def run_demo(
     postfix = infer.parser.get_parsed_content("output_postfix")
     input_keys = infer.parser.get_parsed_content("input_keys")
 
-    content = json.loads(datalist.read_text(encoding="utf-8"))
+    content = read_json(datalist, "datalist", DATALIST_HINT)
     base = datalist.parent
-    test = content["test"]
+    test = [{**entry, "subject": entry_id(entry, index)} for index, entry in enumerate(content["test"])]
     predictions = {}
     for entry in test:
-        first_input = Path(entry[input_keys[0]]).name.split(".nii")[0]
-        predictions[entry["subject"]] = _load(out_dir / "predictions" / f"{first_input}_{postfix}.nii.gz")
+        predictions[entry["subject"]] = _load(out_dir / "predictions" / f"{entry['subject']}_{postfix}.nii.gz")
     # baselines without deep learning, fitted on the training subjects only
     folders = predict_split(datalist, target_key, out_dir / "baselines", input_keys, "test")
     baselines = {

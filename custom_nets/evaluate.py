@@ -4,11 +4,12 @@
     python -m custom_nets.evaluate --pred bundle/eval/demo_pet/predictions --datalist data/synthetic/datalist.json \\
         --target pet [--split test] [--out DIR] [--name SC-GAN]
 
-For every subject of the split it finds the one prediction file in ``--pred`` whose name starts with the subject id
-(``sub-0003_t1w_pet.nii.gz``, ``sub-0003_pet.nii.gz``, ...), and computes NRMSE, RMSE, PSNR and SSIM inside the brain
-mask (definitions in ``custom_nets.metrics``; the data range is the target's range inside the mask). It writes
-``metrics.csv`` (one row per subject), ``summary.json`` (mean, standard deviation, 95 % t-interval of the mean) and
-``summary.md`` (a markdown table), each atomically.
+For every entry of the split it finds the one prediction file in ``--pred`` named by the entry id
+(``sub-0003_pet.nii.gz``, as the bundle and the baselines write them), checks it is on the target's grid (any voxel
+order; another grid is refused), and computes NRMSE, RMSE, PSNR and SSIM inside the brain mask (definitions in
+``custom_nets.metrics``; the data range is the target's range inside the mask). It writes ``metrics.csv`` (one row
+per entry), ``summary.json`` (mean, standard deviation, 95 % t-interval of the mean) and ``summary.md`` (a markdown
+table), each atomically.
 """
 
 from __future__ import annotations
@@ -16,16 +17,16 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 from scipy import stats
 
-from custom_nets.io import atomic_write_json, atomic_write_text
+from custom_nets.data import DATALIST_HINT, entry_id
+from custom_nets.io import atomic_write_json, atomic_write_text, check_same_grid, load_volume, read_json
 from custom_nets.metrics import masked_nrmse, masked_psnr, masked_rmse, masked_ssim
 
 __all__ = ["evaluate_predictions", "summarise", "paired_difference", "noise_free_predictions"]
@@ -33,11 +34,24 @@ __all__ = ["evaluate_predictions", "summarise", "paired_difference", "noise_free
 METRIC_FUNCTIONS = {"nrmse": masked_nrmse, "rmse": masked_rmse, "psnr": masked_psnr, "ssim": masked_ssim}
 
 
-def _find_prediction(folder: Path, subject: str) -> Path:
-    matches = sorted(p for p in folder.glob(f"{subject}*.nii*") if p.name[len(subject)] in "_.")
+def find_prediction(folder: str | Path, entry: str, other_entries: Sequence[str] = ()) -> Path:
+    """The one file ``<entry>_*.nii*`` or ``<entry>.nii*`` in ``folder`` (the names ``SavePredictiond`` and the
+    baselines write), not counting files of other entries whose id extends this one (``sub-01`` vs ``sub-01_ses-2``).
+
+    Raises:
+        FileNotFoundError: none or several files match; the message lists them.
+    """
+    folder = Path(folder)
+    longer = [other for other in other_entries if other != entry and other.startswith(entry)]
+    matches = sorted(
+        p
+        for p in folder.glob(f"{entry}*.nii*")
+        if p.name[len(entry)] in "_."
+        and not any(p.name.startswith(other) and p.name[len(other)] in "_." for other in longer)
+    )
     if len(matches) != 1:
         found = ", ".join(p.name for p in matches) or "none"
-        raise FileNotFoundError(f"{folder}: expected one prediction for {subject} ({subject}_*.nii.gz), found {found}.")
+        raise FileNotFoundError(f"{folder}: expected one prediction for {entry} ({entry}_*.nii.gz), found {found}.")
     return matches[0]
 
 
@@ -81,8 +95,8 @@ def noise_free_predictions(datalist: str | Path, target_key: str, out_dir: str |
     datalist, out_dir = Path(datalist), Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = f"{target_key}_noisefree"
-    for entry in json.loads(datalist.read_text(encoding="utf-8"))[split]:
-        subject = entry.get("subject", entry.get("id"))
+    for index, entry in enumerate(read_json(datalist, "datalist", DATALIST_HINT)[split]):
+        subject = entry_id(entry, index)
         if key not in entry:
             raise ValueError(f"datalist {datalist}, entry {subject}: no '{key}' (regenerate with custom_nets.phantom).")
         link = out_dir / f"{subject}_{target_key}.nii.gz"
@@ -105,22 +119,29 @@ def evaluate_predictions(
     pred_dir, datalist = Path(pred_dir), Path(datalist)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--pred {pred_dir}: not a folder.")
-    content = json.loads(datalist.read_text(encoding="utf-8"))
+    content = read_json(datalist, "datalist", DATALIST_HINT)
     if split not in content or not content[split]:
         raise ValueError(f"datalist {datalist}: no entries in '{split}'.")
     base = datalist.parent
+    ids = [entry_id(entry, index) for index, entry in enumerate(content[split])]
     rows = {}
-    for entry in content[split]:
-        subject = entry.get("subject", entry.get("id"))
+    for subject, entry in zip(ids, content[split]):
         for key in (target_key, mask_key):
             if key not in entry:
                 raise ValueError(f"datalist {datalist}, entry {subject}: missing key '{key}'.")
-        path = _find_prediction(pred_dir, subject)
-        pred = np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
-        target = np.asanyarray(nib.load(str(base / entry[target_key])).dataobj).astype(np.float64)
-        mask = np.asanyarray(nib.load(str(base / entry[mask_key])).dataobj) > 0
-        if pred.shape != target.shape:
-            raise ValueError(f"{path}: shape {pred.shape} differs from the target's {target.shape}.")
+        path = find_prediction(pred_dir, subject, ids)
+        # every file in RAS voxel order: a prediction on the target's grid stored in another axis order still scores
+        target, target_affine = load_volume(
+            base / entry[target_key], f"entry {subject}, key '{target_key}'", axcodes="RAS"
+        )
+        reference = (f"entry {subject}, key '{target_key}': {base / entry[target_key]}", target.shape, target_affine)
+        pred, affine = load_volume(path, f"entry {subject}, prediction", axcodes="RAS")
+        check_same_grid(f"prediction {path}", pred.shape, affine, *reference)
+        mask, affine = load_volume(base / entry[mask_key], f"entry {subject}, key '{mask_key}'", axcodes="RAS")
+        check_same_grid(f"entry {subject}, key '{mask_key}': {base / entry[mask_key]}", mask.shape, affine, *reference)
+        mask = mask > 0
+        if not mask.any():
+            raise ValueError(f"entry {subject}, key '{mask_key}': {base / entry[mask_key]}: the brain mask is empty.")
         tensors = [torch.from_numpy(a)[None, None] for a in (pred, target, mask)]
         rows[subject] = {metric: fn(*tensors) for metric, fn in METRIC_FUNCTIONS.items()}
     summary = {metric: summarise([row[metric] for row in rows.values()]) for metric in METRIC_FUNCTIONS}

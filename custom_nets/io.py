@@ -1,5 +1,7 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Atomic file writing: write to a temporary name in the same folder, then rename, so no file is ever half-written."""
+"""File input and output with the project's guarantees: writes are atomic (a temporary name in the same folder, then
+a rename, so no file is ever half-written), and every read of a user's file either returns checked content or raises
+one error naming the file and what was expected."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
 
 __all__ = [
     "atomic_write_text",
@@ -20,7 +23,13 @@ __all__ = [
     "atomic_write_bytes",
     "sha256_of",
     "read_json",
+    "load_volume",
+    "check_same_grid",
+    "AFFINE_TOLERANCE_MM",
 ]
+
+# largest difference between two affines (mm, or mm per voxel for the linear part) still taken as the same grid
+AFFINE_TOLERANCE_MM = 1e-2
 
 
 def _publish(temporary: str, path: Path) -> None:
@@ -92,4 +101,114 @@ def read_json(path: str | os.PathLike, what: str, hint: str) -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} not found: {hint}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{what} {path} is not valid JSON ({error}); {hint}") from None
+
+
+def _reader_for(path: Path):
+    """nibabel for NIfTI and FreeSurfer files (ITK cannot read .mgz), MONAI's choice otherwise."""
+    from monai.data import NibabelReader
+
+    return NibabelReader() if path.name.lower().endswith((".nii", ".nii.gz", ".mgz", ".mgh")) else None
+
+
+def load_volume(
+    path: str | os.PathLike,
+    what: str = "",
+    channel_first: bool = False,
+    volumes_as_channels: bool = False,
+    axcodes: str | None = None,
+):
+    """Read one image file through MONAI's ``LoadImage`` and check it is one finite 3D volume.
+
+    Trailing axes of length 1 (a volume stored as (x, y, z, 1)) are dropped.
+
+    Args:
+        path: NIfTI (``.nii``, ``.nii.gz``), FreeSurfer (``.mgz``, ``.mgh``) or any format ITK reads.
+        what: where the file comes from (e.g. ``"entry sub-01, key 't1w'"``), put at the start of every error.
+        channel_first: return a ``MetaTensor`` of shape ``(C, x, y, z)`` with MONAI's metadata (for the bundle's
+            transforms) instead of ``(numpy array (x, y, z) float64, 4×4 affine)``.
+        volumes_as_channels: with ``channel_first``, accept a 4D file (x, y, z, C), e.g. T1w and FLAIR stacked in one
+            file, as C channels.
+        axcodes: reorient to these axis codes (e.g. ``"RAS"``, MONAI's ``Orientation``) so that two files of one grid
+            stored in different voxel orders compare equal.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file cannot be read (truncated, not an image), is not 3D (a 2D slice, or a 4D file with
+            several volumes), or holds NaN or infinite values; the message names the file.
+    """
+    from monai.transforms import LoadImage
+
+    path = Path(path)
+    label = f"{what}: {path}" if what else str(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{label} does not exist.")
+    try:
+        image = LoadImage(reader=_reader_for(path), image_only=True)(str(path))
+    except Exception as error:  # every reader failure (truncated gzip, wrong format) is reported with its file
+        reason = str(error).strip().splitlines()[-1][:300] if str(error).strip() else ""
+        raise ValueError(f"{label} cannot be read as an image ({type(error).__name__}: {reason}).") from None
+    shape = tuple(image.shape)
+    while image.ndim > 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 4 and channel_first and volumes_as_channels:
+        pass
+    elif image.ndim != 3:
+        several = image.ndim == 4
+        raise ValueError(
+            f"{label} has shape {shape} ({image.ndim}D{f' with {shape[-1]} volumes' if several else ''}); expected one "
+            "3D volume (x, y, z)."
+            + (
+                " Split it into one file per volume (e.g. with nibabel or fslsplit), one input key each."
+                if several
+                else ""
+            )
+        )
+    finite = torch.isfinite(torch.as_tensor(image))
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise ValueError(
+            f"{label} holds {bad} non-finite values (NaN or inf) of {finite.numel()}; replace them (e.g. "
+            "numpy.nan_to_num) before using the file."
+        )
+    from monai.transforms import EnsureChannelFirst, Orientation
+
+    image = EnsureChannelFirst(channel_dim=-1 if image.ndim == 4 else "no_channel")(image)
+    if axcodes is not None:
+        image = Orientation(axcodes=axcodes)(image)
+    if channel_first:
+        return image
+    return np.asarray(image[0], dtype=np.float64), np.asarray(image.affine, dtype=np.float64)
+
+
+def check_same_grid(
+    label: str,
+    shape: tuple,
+    affine: np.ndarray,
+    reference_label: str,
+    reference_shape: tuple,
+    reference_affine: np.ndarray,
+    tolerance: float = AFFINE_TOLERANCE_MM,
+) -> None:
+    """Raise a ValueError naming both files when ``label``'s voxel grid (shape and affine) is not the reference's.
+
+    Args:
+        shape, reference_shape: spatial shapes.
+        affine, reference_affine: 4×4 voxel-to-world matrices (mm).
+        tolerance: largest accepted absolute difference of any affine entry (mm).
+    """
+    if tuple(shape) != tuple(reference_shape):
+        raise ValueError(
+            f"{label} has shape {tuple(shape)}, but {reference_label} has {tuple(reference_shape)}; every image of "
+            "an entry must be on one voxel grid (register and resample it to the T1w, e.g. with MONAI's "
+            "ResampleToMatch)."
+        )
+    difference = float(np.abs(np.asarray(affine, dtype=np.float64) - np.asarray(reference_affine)).max())
+    if difference > tolerance:
+        raise ValueError(
+            f"{label}: its affine differs from {reference_label}'s by up to {difference:.3g} mm (tolerance "
+            f"{tolerance} mm); the images are not on one voxel grid (register and resample them to the T1w)."
+        )

@@ -5,14 +5,17 @@ scaling, resolution degradation (super-resolution task) and an early check that 
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from monai.config import KeysCollection
-from monai.transforms import MapTransform
+from monai.transforms import MapTransform, SaveImaged
 from scipy import ndimage
 
 __all__ = [
+    "LoadEntryd",
+    "SavePredictiond",
     "DeriveBrainMaskd",
     "NormalizeIntensityInMaskd",
     "normalize_intensity",
@@ -25,6 +28,151 @@ __all__ = [
 def _source(data: Mapping, key: Hashable) -> str:
     meta = getattr(data[key], "meta", {}) or {}
     return str(meta.get("filename_or_obj", key))
+
+
+class LoadEntryd(MapTransform):
+    """Load a datalist entry's files, each checked (``custom_nets.io.load_volume``: readable, one 3D volume, finite),
+    all on the grid of the entry's first input (shape, and affine within ``affine_tol`` mm), the files of a key stacked
+    as channels. Replaces MONAI's ``LoadImaged(keys, ensure_channel_first=True)``, whose errors name no file.
+
+    Items: ``{key: path or [paths], "id": entry id (optional)}``; a key holding an array or tensor already is kept.
+    Output: each key a ``MetaTensor`` ``(C, x, y, z)`` with the first file's metadata: one channel per file, or per
+    volume for the keys in ``volumes_as_channels`` (a 4D file holding T1w and FLAIR, as MONAI Label may send).
+    ``channels`` gives the expected channel count per key (e.g. ``{"image": len(input_keys)}``), ``file_names`` the
+    datalist key of each file of a key, for the messages (e.g. ``{"image": input_keys}``).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the entry, the key and the file (see ``load_volume``), or the two files
+            whose grids differ.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        id_key: str = "id",
+        channels: Mapping[str, int] | None = None,
+        volumes_as_channels: Sequence[str] = ("image",),
+        file_names: Mapping[str, Sequence[str]] | None = None,
+        affine_tol: float | None = None,
+        allow_missing_keys: bool = True,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys)
+        from custom_nets.io import AFFINE_TOLERANCE_MM
+
+        self.id_key, self.affine_tol = id_key, AFFINE_TOLERANCE_MM if affine_tol is None else affine_tol
+        self.channels, self.volumes_as_channels = dict(channels or {}), set(volumes_as_channels)
+        self.file_names = {key: list(names) for key, names in (file_names or {}).items()}
+
+    def __call__(self, data: Mapping) -> dict:
+        from monai.data import MetaTensor
+
+        from custom_nets.io import check_same_grid, load_volume
+
+        d = dict(data)
+        entry = f"entry {d[self.id_key]}" if d.get(self.id_key) is not None else "entry"
+        reference = None
+        for key in self.key_iterator(d):
+            if isinstance(d[key], (np.ndarray, torch.Tensor)):
+                continue
+            paths = [d[key]] if isinstance(d[key], (str, bytes)) or not isinstance(d[key], Sequence) else d[key]
+            channels = []
+            names = self.file_names.get(key, [])
+            for index, path in enumerate(paths):
+                name = names[index] if len(names) == len(paths) else key
+                label = f"{entry}, key '{name}': {path}"
+                volume = load_volume(
+                    path,
+                    f"{entry}, key '{name}'",
+                    channel_first=True,
+                    volumes_as_channels=key in self.volumes_as_channels,
+                )
+                grid = (tuple(volume.shape[1:]), np.asarray(volume.affine))
+                if reference is None:
+                    reference = (label, *grid)
+                else:
+                    check_same_grid(label, *grid, *reference, tolerance=self.affine_tol)
+                channels.append(volume)
+            stacked = torch.cat([torch.as_tensor(c) for c in channels]) if len(channels) > 1 else channels[0]
+            d[key] = MetaTensor(stacked, meta=dict(channels[0].meta)) if len(channels) > 1 else stacked
+            d[key].meta["source_files"] = "|".join(str(p) for p in paths)
+            expected = self.channels.get(key)
+            if expected is not None and d[key].shape[0] != expected:
+                raise ValueError(
+                    f"{entry}, key '{key}': {', '.join(str(p) for p in paths)} give {d[key].shape[0]} channel(s), but "
+                    f"the model takes {expected} (one per input key); list one input key per channel."
+                )
+        return d
+
+
+def _stem(path: str) -> str:
+    name = Path(str(path)).name
+    for suffix in (".nii.gz", ".nii", ".mgz", ".mgh", ".nrrd", ".mha", ".mhd"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return Path(name).stem
+
+
+class SavePredictiond(SaveImaged):
+    """MONAI's ``SaveImaged`` with the guarantees a prediction needs: the file is
+    ``output_dir/<entry id>_<output_postfix>.nii.gz`` (never another entry's, never one of the entry's inputs) and it
+    is written atomically (a temporary file, then a rename: an interrupted run never leaves a partial file under the
+    final name), float32, with the prediction's affine (after ``Invertd``: the input's grid, in its voxel order).
+
+    The entry id is the item's ``id_key`` (the datalist entry's id, unique within a datalist, sessions included); an
+    item without one (a MONAI Label request) is named after its first input file, as ``SaveImaged`` does. Being a
+    ``SaveImaged``, it is dropped by MONAI Label's post-transform filter like MONAI's own saver.
+
+    Raises:
+        ValueError: the output would replace one of the entry's input files, or the id holds a path separator.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        output_dir: str = ".",
+        output_postfix: str = "pred",
+        id_key: str = "id",
+        image_key: str = "image",
+    ) -> None:
+        super().__init__(
+            keys, output_dir=output_dir, output_postfix=output_postfix, separate_folder=False, resample=False
+        )
+        self.output_dir, self.output_postfix = Path(output_dir), str(output_postfix)
+        self.id_key, self.image_key = id_key, image_key
+
+    def output_path(self, data: Mapping) -> Path:
+        """The file the prediction of ``data`` is written to (checked, see the class)."""
+        image_meta = getattr(data.get(self.image_key), "meta", {}) or {}
+        sources = str(image_meta.get("source_files", image_meta.get("filename_or_obj", ""))).split("|")
+        entry = data.get(self.id_key)
+        name = str(entry) if entry not in (None, "") else _stem(sources[0]) if sources[0] else ""
+        if not name:
+            raise ValueError("cannot name the prediction: the item has no 'id' and its image no source file.")
+        if any(separator in name for separator in ("/", "\\")) or name in (".", ".."):
+            raise ValueError(f"entry id {name!r} cannot name a file (it holds a path separator).")
+        path = self.output_dir / (f"{name}_{self.output_postfix}.nii.gz" if self.output_postfix else f"{name}.nii.gz")
+        inputs = {Path(s).resolve() for s in sources if s}
+        for key in ("label", "mask"):
+            meta = getattr(data.get(key), "meta", {}) or {}
+            inputs.update(Path(s).resolve() for s in str(meta.get("source_files", "")).split("|") if s)
+        if path.resolve() in inputs:
+            raise ValueError(
+                f"the prediction of {name} would replace its input {path}; choose another output_dir or a non-empty "
+                "output_postfix."
+            )
+        return path
+
+    def __call__(self, data: Mapping) -> dict:
+        from custom_nets.io import atomic_save_nifti
+
+        d = dict(data)
+        path = self.output_path(d)
+        for key in self.key_iterator(d):
+            prediction = d[key]
+            affine = np.asarray(getattr(prediction, "affine", np.eye(4)), dtype=np.float64)
+            array = np.asarray(torch.as_tensor(prediction).detach().cpu(), dtype=np.float32)
+            atomic_save_nifti(path, array[0] if array.ndim == 4 else array, affine)
+        return d
 
 
 class DeriveBrainMaskd(MapTransform):
@@ -177,9 +325,10 @@ def preprocessing_transforms(
 ) -> list:
     """The one preprocessing chain of training, validation, evaluation and inference (MONAI Label included).
 
-    Items ``{"image": [input files], "label": target file (optional), "mask": brain mask file (optional)}``: load
-    (channel first), reorient to RAS, optionally resample to ``pixdim``, take the datalist's brain mask when the item
-    has one and derive it from the inputs otherwise (``DeriveBrainMaskd``; for skull-stripped inputs only), degrade the
+    Items ``{"image": [input files], "label": target file (optional), "mask": brain mask file (optional), "id"}``:
+    load and check every file (``LoadEntryd``: readable, 3D, finite, one grid; errors name the entry and file),
+    reorient to RAS, optionally resample to ``pixdim``, take the datalist's brain mask when the item has one and
+    derive it from the inputs otherwise (``DeriveBrainMaskd``; for skull-stripped inputs only), degrade the
     inputs by ``degrade_factor`` (super-resolution task), normalise every input channel inside the mask
     (``NormalizeIntensityInMaskd``), append the per-voxel ``prior``'s prediction as a channel when one is given
     (``custom_nets.prior``), scale the target from ``target_range`` to [0, 1] and zero it outside the mask.
@@ -187,14 +336,14 @@ def preprocessing_transforms(
     Returns:
         a list of MONAI dictionary transforms (append augmentation for training, or wrap in ``Compose``).
     """
-    from monai.transforms import LoadImaged, MaskIntensityd, Orientationd, ScaleIntensityRanged, Spacingd
+    from monai.transforms import MaskIntensityd, Orientationd, ScaleIntensityRanged, Spacingd
 
     from custom_nets.prior import AppendPriord
 
     keys = ["image", "label", "mask"]
     contrasts = [CONTRASTS.get(str(key).lower(), "other") for key in input_keys]
     transforms = [
-        LoadImaged(keys, ensure_channel_first=True, image_only=True, allow_missing_keys=True),
+        LoadEntryd(keys, channels={"image": len(input_keys)}, file_names={"image": list(input_keys)}),
         Orientationd(keys, axcodes="RAS", allow_missing_keys=True),
     ]
     if pixdim is not None:

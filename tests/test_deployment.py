@@ -15,6 +15,7 @@ import pytest
 import torch
 from conftest import TINY
 from monai.bundle import ConfigParser, ConfigWorkflow
+from monai.transforms import SaveImaged
 from packaging.requirements import Requirement
 
 from custom_nets.transforms import preprocessing_transforms
@@ -189,7 +190,9 @@ def test_monai_label_inference_call(as_list, stacked_case, data_dir, tmp_path):
     preprocessing = parser.get_parsed_content("preprocessing")
     inferer = parser.get_parsed_content("inferer")
     postprocessing = parser.get_parsed_content("postprocessing")
-    postprocessing.transforms = tuple(t for t in postprocessing.transforms if type(t).__name__ != "SaveImaged")
+    postprocessing.transforms = tuple(
+        t for t in postprocessing.transforms if not isinstance(t, SaveImaged)
+    )  # as MONAI Label
 
     if as_list:  # a list of per-modality files is accepted too
         entry = json.loads((data_dir / "datalist.json").read_text(encoding="utf-8"))["test"][0]

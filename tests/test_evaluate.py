@@ -52,7 +52,7 @@ def test_perfect_prediction_and_written_files(tmp_path):
     predictions = tmp_path / "pred"
     predictions.mkdir()
     for entry in json.loads(datalist.read_text(encoding="utf-8"))["test"]:
-        (predictions / f"{entry['subject']}_t1w_pet.nii.gz").write_bytes((tmp_path / entry["pet"]).read_bytes())
+        (predictions / f"{entry['subject']}_pet.nii.gz").write_bytes((tmp_path / entry["pet"]).read_bytes())
     result = evaluate_predictions(predictions, datalist, "pet", out_dir=tmp_path / "scores", name="copy")
     assert result["summary"]["rmse"]["mean"] == 0 and result["summary"]["ssim"]["mean"] == pytest.approx(1.0)
     assert (tmp_path / "scores" / "metrics.csv").read_text(encoding="utf-8").startswith("subject,nrmse,rmse,psnr,ssim")

@@ -154,25 +154,37 @@ def test_time_budget_ends_the_epoch_validates_and_stops(data_dir, tmp_path):
     assert (tmp_path / "models" / "resume_pet.pt").is_file()
 
 
+def _chain(error: BaseException) -> list[BaseException]:
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
 def test_non_finite_loss_stops_training_before_any_step(data_dir, tmp_path):
+    # a NaN loss weight makes every loss NaN from the first iteration on (NaN data is refused earlier, on load)
+    with pytest.raises(RuntimeError) as raised:
+        _learning_rates(data_dir, tmp_path / "run", lambda_rmse=float("nan"))
+    assert any(isinstance(e, FloatingPointError) and "non-finite loss" in str(e) for e in _chain(raised.value))
+    assert not list((tmp_path / "run" / "models").glob("model*.pt"))
+
+
+def test_non_finite_data_is_refused_on_load_naming_the_file(data_dir, tmp_path):
     bad = tmp_path / "data"
     bad.mkdir()
     content = json.loads((data_dir / "datalist.json").read_text())
     for entry in content["training"] + content["validation"]:
         for key in ("t1w", "flair", "mask", "pet"):
             entry[key] = str(data_dir / entry[key])
-    entry = content["training"][0]
-    image = nib.load(entry["pet"])
-    values = np.full(image.shape, np.nan, dtype=np.float32)
-    nib.save(nib.Nifti1Image(values, image.affine), str(bad / "nan_pet.nii.gz"))
-    for entry in content["training"]:
-        entry["pet"] = str(bad / "nan_pet.nii.gz")
+    image = nib.load(content["training"][0]["flair"])
+    values = np.asanyarray(image.dataobj).astype(np.float32)
+    values[:4, :4, :4] = np.nan  # background only, as a scanner export may have
+    nib.save(nib.Nifti1Image(values, image.affine), str(bad / "nan_flair.nii.gz"))
+    content["training"][0]["flair"] = str(bad / "nan_flair.nii.gz")
     (bad / "datalist.json").write_text(json.dumps(content))
-    with pytest.raises(RuntimeError) as raised:
+    with pytest.raises(Exception) as raised:
         _learning_rates(data_dir, tmp_path / "run", datalist=str(bad / "datalist.json"))
-    error, chain = raised.value, []
-    while error is not None:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    assert any(isinstance(e, FloatingPointError) and "non-finite loss" in str(e) for e in chain)
-    assert not list((tmp_path / "run" / "models").glob("model*.pt"))
+    messages = "\n".join(str(e) for e in _chain(raised.value))
+    assert "nan_flair.nii.gz holds 64 non-finite values" in messages and "key 'flair'" in messages
+    assert not list((tmp_path / "run" / "models").glob("*.pt"))
