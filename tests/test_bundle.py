@@ -17,6 +17,7 @@ import torch
 from conftest import TINY, TINY_TRAIN  # noqa: F401 (data_dir is a fixture of conftest)
 from monai.bundle import ConfigWorkflow
 
+from custom_nets.data import entry_id
 from custom_nets.handlers import training_losses
 
 BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
@@ -119,6 +120,43 @@ def test_evaluate_and_infer_keep_shape_and_affine(data_dir, tmp_path):
     synthesis = nib.load(str(outputs[0]))
     assert synthesis.shape == source.shape and np.allclose(synthesis.affine, source.affine, atol=1e-4)
     assert synthesis.get_data_dtype() == np.float32 and np.isfinite(synthesis.get_fdata()).all()
+
+
+def test_inference_on_any_voxel_order_returns_the_input_grid(data_dir, tmp_path):
+    """Inputs re-stored in other voxel orders (a flip; a permutation, as sagittal acquisitions are stored): the
+    prediction is written on each input's own grid and equals the RAS input's prediction, reordered."""
+    _train(data_dir, tmp_path, ["tasks/pet.json"])
+    content = json.loads((data_dir / "datalist.json").read_text())
+    entry = content["test"][0]
+    predictions = {}
+    for order in ("RAS", "LPS", "LIP"):
+        folder = tmp_path / order
+        folder.mkdir()
+        stored = {"id": f"{entry_id(entry)}-{order}"}
+        for key in ("t1w", "flair", "mask"):
+            image = nib.load(str(data_dir / entry[key]))
+            change = nib.orientations.ornt_transform(
+                nib.io_orientation(image.affine), nib.orientations.axcodes2ornt(tuple(order))
+            )
+            nib.save(image.as_reoriented(change), str(folder / f"{key}.nii.gz"))
+            stored[key] = str(folder / f"{key}.nii.gz")
+        (folder / "datalist.json").write_text(json.dumps({"test": [stored]}))
+        infer = _workflow(
+            "inference.json",
+            ["tasks/pet.json"],
+            "infer",
+            bundle_root=str(tmp_path),
+            datalist=str(folder / "datalist.json"),
+            output_dir=str(folder / "out"),
+            **TINY,
+        )
+        infer.run()
+        output = nib.load(str(folder / "out" / f"{stored['id']}_pet.nii.gz"))
+        source = nib.load(stored["t1w"])
+        assert output.shape == source.shape and np.allclose(output.affine, source.affine, atol=1e-4)
+        predictions[order] = nib.as_closest_canonical(output).get_fdata()
+    np.testing.assert_allclose(predictions["LPS"], predictions["RAS"], atol=1e-4)
+    np.testing.assert_allclose(predictions["LIP"], predictions["RAS"], atol=1e-4)
 
 
 def test_inference_with_resampling_returns_the_input_grid(data_dir, tmp_path):
