@@ -19,6 +19,8 @@ from custom_nets.networks.layers import as_tuple, init_normal, make_conv, make_n
 __all__ = ["SCGANGenerator", "GENERATOR_PRESETS"]
 
 UP_MODES = ("resize", "deconv")
+# the value range of each output activation: a residual output (prior + correction) is clamped to it
+RESIDUAL_RANGES = {"relu": (0.0, None), "sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 
 GENERATOR_PRESETS: dict[str, dict[str, Any]] = {
     # The published topology (src/utils/generator.py) for whole 256³ volumes: 8 levels down to 1³, transposed
@@ -111,7 +113,9 @@ class SCGANGenerator(nn.Module):
         residual_channel: index of an input channel that already estimates the target (the per-voxel prior of
             ``custom_nets.prior``); the output becomes that channel plus ``residual_gain`` times the head's output
             (residual learning, He et al., CVPR 2016), with the gain initialised to 0 as SAGAN's attention gamma
-            (Zhang et al., ICML 2019), so training starts from the prior exactly. ``None``: the paper's output.
+            (Zhang et al., ICML 2019), so training starts from the prior exactly. The correction is signed: ``out_act``
+            does not act on it, the sum is clamped to ``out_act``'s range instead (relu: ≥ 0, sigmoid: [0, 1],
+            tanh: [-1, 1]). ``None``: the paper's output.
 
     Raises:
         ValueError: an argument outside its documented range (the message names it).
@@ -217,13 +221,16 @@ class SCGANGenerator(nn.Module):
         head = [conv(final_channels, out_channels, 3, bias=True)]
         if output_attention:
             head.append(attention(out_channels, pool=2, stride=output_attention_stride))
-        if out_act is not None:
-            head.append(get_act_layer(out_act))
-        self.head = nn.Sequential(*head)
         if residual_channel is not None and not 0 <= residual_channel < in_channels:
             raise ValueError(f"residual_channel must be within [0, {in_channels - 1}], got {residual_channel}.")
+        # a residual is signed, so the output activation cannot act on it; the sum is clamped to its range instead
+        if out_act is not None and residual_channel is None:
+            head.append(get_act_layer(out_act))
+        self.head = nn.Sequential(*head)
         self.residual_channel = residual_channel
         self.residual_gain = nn.Parameter(torch.zeros(1)) if residual_channel is not None else None
+        name = (out_act[0] if isinstance(out_act, tuple) else out_act or "").lower()
+        self.residual_low, self.residual_high = RESIDUAL_RANGES.get(name, (None, None))
 
     @classmethod
     def from_preset(cls, preset: str = "cpu", **overrides: Any) -> SCGANGenerator:
@@ -259,5 +266,6 @@ class SCGANGenerator(nn.Module):
                 x = torch.cat((x, skips[self.depth - 1 - position]), dim=1)
             x = layer(x)
         if base is not None and self.residual_gain is not None:
-            return base.to(x.dtype) + self.residual_gain.to(x.dtype) * self.head(x)
+            output = base.to(x.dtype) + self.residual_gain.to(x.dtype) * self.head(x)
+            return torch.clamp(output, self.residual_low, self.residual_high)
         return self.head(x)

@@ -1,0 +1,117 @@
+# Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Validate a bundle configuration before anything runs: the first ``initialize`` expression of ``train.json`` and
+``inference.json`` calls ``check_settings``, so a typo in an id, an unknown task or a patch size the generator cannot
+take stops the run at once with one message naming the id and the value, instead of training on defaults."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["check_settings", "unknown_cli_ids", "TASK_NAME"]
+
+TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def _config_files(argv: Sequence[str]) -> list[Path]:
+    """The files named by ``--config_file`` (a path, or a list as ``['a.json','b.json']``)."""
+    for index, token in enumerate(argv):
+        value = None
+        if token == "--config_file" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith("--config_file="):
+            value = token.split("=", 1)[1]
+        if value is not None:
+            return [Path(p.strip(" '\"")) for p in value.strip("[]").split(",") if p.strip(" '\"")]
+    return []
+
+
+def _ids_of(path: Path) -> set[str]:
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return set(content) if isinstance(content, dict) else set()
+
+
+def unknown_cli_ids(argv: Sequence[str] | None = None) -> list[tuple[str, list[str]]]:
+    """``--id`` arguments of a ``python -m monai.bundle run …`` command line that name no top-level id of the bundle's
+    configs (the files given, and every JSON beside them and in their ``tasks/`` and ``models/`` folders) nor an
+    argument of ``monai.bundle.run``; each with its closest known ids. Nested ids (``a#b``) are checked by their first
+    part. Any other command line (tests, Python API) gives an empty list."""
+    argv = list(sys.argv if argv is None else argv)
+    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return []
+    files = _config_files(argv)
+    if not files:
+        return []
+    from monai.bundle.scripts import run
+
+    known = set(inspect.signature(run).parameters)
+    folders = {f.parent for f in files} | {f.parent.parent for f in files if f.parent.name in ("tasks", "models")}
+    for folder in folders:
+        for path in [*folder.glob("*.json"), *folder.glob("tasks/*.json"), *folder.glob("models/*.json")]:
+            known |= _ids_of(path)
+    unknown = []
+    for token in argv[1:]:
+        if not token.startswith("--") or len(token) <= 2:
+            continue
+        name = token[2:].split("=", 1)[0].split("#", 1)[0]
+        if name not in known:
+            unknown.append((token[2:].split("=", 1)[0], difflib.get_close_matches(name, sorted(known), n=3)))
+    return unknown
+
+
+def check_settings(
+    task: str,
+    patch_size: Sequence[int],
+    size_divisor: int = 1,
+    tasks_dir: str | Path | None = None,
+    argv: Sequence[str] | None = None,
+) -> bool:
+    """Raise one ``ValueError`` naming the id and value when the configuration cannot be what the user meant.
+
+    Checks: every ``--id`` of a ``monai.bundle run`` command line is an id of the bundle (``--patch_sizee`` would
+    otherwise be ignored); ``task`` is a plain name (it names files: ``models/model_<task>.pt``) with an overlay
+    ``tasks/<task>.json`` when ``tasks_dir`` is given; ``patch_size`` is a list of positive integers, each a multiple
+    of the generator's ``size_divisor`` (``prod(strides)``).
+
+    Returns:
+        True (so that it can stand in a config's ``initialize`` list).
+
+    Raises:
+        ValueError: the first problem found, with the accepted values or the closest known id.
+    """
+    unknown = unknown_cli_ids(argv)
+    if unknown:
+        lines = [
+            f"--{name}: no such id in the bundle's configs" + (f" (did you mean {', '.join(close)}?)" if close else "")
+            for name, close in unknown
+        ]
+        raise ValueError("; ".join(lines) + ". Nothing was run.")
+    if not isinstance(task, str) or not TASK_NAME.match(task):
+        raise ValueError(f"task {task!r}: expected a plain name of letters, digits, '_' or '-' (it names files).")
+    if tasks_dir is not None:
+        tasks = sorted(p.stem for p in Path(tasks_dir).glob("*.json"))
+        if tasks and task not in tasks:
+            raise ValueError(
+                f"task {task!r} has no overlay {Path(tasks_dir) / (task + '.json')}; known tasks: {tasks}. Select a "
+                "task with its overlay (--config_file \"['configs/train.json','configs/tasks/fa.json']\"), or add one."
+            )
+    if isinstance(patch_size, (str, bytes)) or not isinstance(patch_size, Sequence) or not patch_size:
+        raise ValueError(f"patch_size {patch_size!r}: expected a list of positive integers, e.g. [64,64,64].")
+    if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch_size):
+        raise ValueError(f"patch_size {list(patch_size)!r}: expected positive integers, e.g. [64,64,64].")
+    bad = [p for p in patch_size if p % size_divisor]
+    if bad:
+        fitting = [max(size_divisor, p // size_divisor * size_divisor) for p in patch_size]
+        raise ValueError(
+            f"patch_size {list(patch_size)}: every size must be a multiple of {size_divisor} (the generator's "
+            f"prod(strides)), e.g. {fitting}."
+        )
+    return True
