@@ -267,5 +267,7 @@ class SCGANGenerator(nn.Module):
             x = layer(x)
         if base is not None and self.residual_gain is not None:
             output = base.to(x.dtype) + self.residual_gain.to(x.dtype) * self.head(x)
+            if self.residual_low is None and self.residual_high is None:
+                return output
             return torch.clamp(output, self.residual_low, self.residual_high)
         return self.head(x)
