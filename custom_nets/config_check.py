@@ -81,6 +81,9 @@ def check_settings(
     ``tasks/<task>.json`` when ``tasks_dir`` is given; ``patch_size`` is a list of positive integers, each a multiple
     of the generator's ``size_divisor`` (``prod(strides)``).
 
+    The configs call it after ``set_determinism``: reading ``size_divisor`` builds ``network_def``, whose weights
+    must come from the seeded random state.
+
     Returns:
         True (so that it can stand in a config's ``initialize`` list).
 

@@ -8,7 +8,6 @@ import logging
 import math
 import os
 import random
-import tempfile
 import time
 from collections.abc import Mapping, Sequence, Sized
 from pathlib import Path
@@ -17,11 +16,14 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import CheckpointSaver
 from monai.transforms import Randomizable, Transform
 from torch.utils.data import Dataset, IterableDataset
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
-__all__ = ["TimeBudget", "CosineSchedule", "ResumeCheckpoint", "MidSliceImageHandler"]
+from custom_nets.io import atomic_torch_save, remove_stale_temporaries
+
+__all__ = ["TimeBudget", "CosineSchedule", "ResumeCheckpoint", "AtomicCheckpointSaver", "MidSliceImageHandler"]
 
 logger = logging.getLogger(__name__)
 
@@ -243,18 +245,12 @@ class ResumeCheckpoint:
         scaler = getattr(engine, "g_scaler", None)
         if scaler is not None and scaler.is_enabled():
             state["g_scaler"] = scaler.state_dict()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(state, temporary)
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        atomic_torch_save(self.path, state)
 
     def load(self, engine: Engine) -> None:
         self._loader_start, self._consumed, self._iterator_pending = None, 0, True
+        for stale in remove_stale_temporaries(self.path.parent):
+            logger.warning(f"removed {stale}, left by a run killed while saving")
         if not self.resume:
             return
         if not self.path.is_file():
@@ -480,3 +476,40 @@ class MidSliceImageHandler:
         self.writer.add_image(self.tag, picture.T.flip(0)[None], global_step=step)
         self.writer.flush()
         self._slice = None
+
+
+class _AtomicSaveHandler:
+    """An ignite save handler that writes each checkpoint atomically (``custom_nets.io.atomic_torch_save``) under a
+    fixed ``filename`` when one is given, and never deletes that fixed file: the next save replaces it in one rename,
+    where MONAI's handler deletes the old best model first and then writes the new one in place."""
+
+    def __init__(self, dirname: str | os.PathLike, filename: str | None = None) -> None:
+        self.dirname, self.filename = Path(dirname), filename
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        if not torch.distributed.is_available() or not torch.distributed.is_initialized() or _rank() == 0:
+            atomic_torch_save(self.dirname / (self.filename or filename), checkpoint)
+
+    def remove(self, filename: str) -> None:
+        if self.filename is None and (not torch.distributed.is_initialized() or _rank() == 0):
+            (self.dirname / filename).unlink(missing_ok=True)
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI's ``CheckpointSaver`` (same arguments) whose every file (best model, interval and final checkpoints) is
+    written atomically with the permissions of a plain ``open`` and never deleted before its replacement exists: a
+    run killed during a save keeps the previous file. Stale temporaries of killed runs are removed at construction."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for name in _SAVER_CHECKPOINTS:
+            checkpoint = getattr(self, name, None)
+            if checkpoint is not None:
+                handler = checkpoint.save_handler
+                checkpoint.save_handler = _AtomicSaveHandler(self.save_dir, getattr(handler, "filename", None))
+        for stale in remove_stale_temporaries(self.save_dir):
+            logger.warning(f"removed {stale}, left by a run killed while saving")

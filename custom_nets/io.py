@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,8 @@ __all__ = [
     "atomic_write_json",
     "atomic_save_nifti",
     "atomic_write_bytes",
+    "atomic_torch_save",
+    "remove_stale_temporaries",
     "sha256_of",
     "read_json",
     "load_volume",
@@ -30,6 +33,57 @@ __all__ = [
 
 # largest difference between two affines (mm, or mm per voxel for the linear part) still taken as the same grid
 AFFINE_TOLERANCE_MM = 1e-2
+
+
+# temporaries are named ".<final name>.<writer pid>.<random><suffix>", so a later run can tell stale ones (their
+# writer is gone: killed during a save) from those of a writer still running
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}(?P<suffix>\.tmp|\.nii|\.nii\.gz)$")
+
+
+def _temporary(path: Path, suffix: str = ".tmp") -> str:
+    """A new empty file beside ``path`` for an atomic write (closed; the caller writes it, then ``_publish``es it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
+    os.close(handle)
+    return temporary
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries of this project's atomic writes in ``folder`` whose writing process no longer exists
+    (left by a run killed during a save); returns them."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for path in folder.iterdir():
+        match = _TEMPORARY.match(path.name)
+        if match and path.is_file() and not _alive(int(match.group("pid"))):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically, with the permissions a plain ``open`` would give."""
+    path = Path(path)
+    temporary = _temporary(path)
+    try:
+        torch.save(obj, temporary)
+        _publish(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
 
 
 def _publish(temporary: str, path: Path) -> None:
@@ -51,10 +105,9 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = _temporary(path)
     try:
-        with os.fdopen(handle, "wb") as stream:
+        with open(temporary, "wb") as stream:
             stream.write(data)
         _publish(temporary, path)
     except BaseException:
@@ -77,11 +130,8 @@ def atomic_save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.nda
     image = nib.Nifti1Image(array, affine)
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
-    path.parent.mkdir(parents=True, exist_ok=True)
     # nibabel picks the compression from the suffix, so the temporary name keeps it.
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else ".nii"
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(handle)
+    temporary = _temporary(path, ".nii.gz" if path.name.endswith(".nii.gz") else ".nii")
     try:
         nib.save(image, temporary)
         _publish(temporary, path)

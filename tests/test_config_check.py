@@ -1,0 +1,63 @@
+"""Configuration checked before anything runs: unknown command-line ids, task names, patch sizes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from custom_nets.config_check import check_settings, unknown_cli_ids
+
+CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"
+MAIN = "/site-packages/monai/bundle/__main__.py"
+FILES = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'tasks' / 'fa.json'}']"
+
+
+@pytest.mark.parametrize(
+    "task, patch_size, message",
+    [
+        ("xyz", [64, 64, 64], "task 'xyz' has no overlay"),
+        ("a/b", [64, 64, 64], "plain name"),
+        ("pet", "abc", "patch_size 'abc': expected a list"),
+        ("pet", [64, 64, 0], "positive integers"),
+        ("pet", [48, 64, 64], "multiple of 32"),
+    ],
+)
+def test_bad_settings_are_named(task, patch_size, message):
+    with pytest.raises(ValueError, match=message):
+        check_settings(task, patch_size, 32, CONFIGS / "tasks", argv=[])
+
+
+def test_good_settings_pass():
+    assert check_settings("fa", [64, 96, 64], 32, CONFIGS / "tasks", argv=[])
+
+
+@pytest.mark.parametrize(
+    "extra, unknown",
+    [
+        (["--patch_sizee", "[32,32,32]"], ["patch_sizee"]),
+        (["--network_def#channels", "[8,16]", "--epochs", "1"], []),
+        (["--lr_gg=0.1"], ["lr_gg"]),
+        (["--meta_file", "m.json", "--logging_file", "l.conf"], []),  # monai.bundle.run's own arguments
+        (["--fa_only_overlay_id", "1"], ["fa_only_overlay_id"]),
+    ],
+)
+def test_unknown_command_line_ids(extra, unknown):
+    argv = [MAIN, "run", "training", "--config_file", FILES, *extra]
+    assert [name for name, _ in unknown_cli_ids(argv)] == unknown
+
+
+def test_python_api_and_other_programs_are_not_checked():
+    assert unknown_cli_ids(["pytest", "--patch_sizee", "1"]) == []
+
+
+def test_cli_typo_stops_before_anything_is_written(tmp_path):
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", FILES]
+    command += ["--bundle_root", str(tmp_path), "--patch_sizee", "[32,32,32]"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "--patch_sizee: no such id in the bundle's configs (did you mean patch_size" in result.stderr
+    assert not (tmp_path / "models").exists()
