@@ -16,14 +16,21 @@ from typing import Any
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointLoader, CheckpointSaver
 from monai.transforms import Randomizable, Transform
 from torch.utils.data import Dataset, IterableDataset
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
-from custom_nets.io import atomic_torch_save, remove_stale_temporaries
+from custom_nets.io import atomic_torch_save, read_checkpoint, remove_stale_temporaries
 
-__all__ = ["TimeBudget", "CosineSchedule", "ResumeCheckpoint", "AtomicCheckpointSaver", "MidSliceImageHandler"]
+__all__ = [
+    "TimeBudget",
+    "CosineSchedule",
+    "ResumeCheckpoint",
+    "AtomicCheckpointSaver",
+    "CheckedCheckpointLoader",
+    "MidSliceImageHandler",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +252,7 @@ class ResumeCheckpoint:
         scaler = getattr(engine, "g_scaler", None)
         if scaler is not None and scaler.is_enabled():
             state["g_scaler"] = scaler.state_dict()
-        atomic_torch_save(self.path, state)
+        atomic_torch_save(self.path, _on_cpu(state))
 
     def load(self, engine: Engine) -> None:
         self._loader_start, self._consumed, self._iterator_pending = None, 0, True
@@ -256,7 +263,7 @@ class ResumeCheckpoint:
         if not self.path.is_file():
             logger.warning(f"resume requested but {self.path} does not exist: training starts from scratch")
             return
-        state = torch.load(self.path, map_location="cpu", weights_only=True)
+        state = read_checkpoint(self.path)
         missing = [name for name in self.objects if name not in state]
         if missing:
             raise ValueError(f"resume checkpoint {self.path} lacks {missing}; it has {sorted(state)}.")
@@ -488,7 +495,8 @@ class _AtomicSaveHandler:
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
         if not torch.distributed.is_available() or not torch.distributed.is_initialized() or _rank() == 0:
-            atomic_torch_save(self.dirname / (self.filename or filename), checkpoint)
+            # CPU tensors: the file loads (and exports) on a machine without the GPU it was trained on
+            atomic_torch_save(self.dirname / (self.filename or filename), _on_cpu(checkpoint))
 
     def remove(self, filename: str) -> None:
         if self.filename is None and (not torch.distributed.is_initialized() or _rank() == 0):
@@ -513,3 +521,57 @@ class AtomicCheckpointSaver(CheckpointSaver):
                 checkpoint.save_handler = _AtomicSaveHandler(self.save_dir, getattr(handler, "filename", None))
         for stale in remove_stale_temporaries(self.save_dir):
             logger.warning(f"removed {stale}, left by a run killed while saving")
+
+
+def _on_cpu(state: Any) -> Any:
+    """``state`` with every tensor moved to the CPU (containers rebuilt, other values kept)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().cpu()
+    if isinstance(state, Mapping):
+        return type(state)((key, _on_cpu(value)) for key, value in state.items())
+    if isinstance(state, (list, tuple)):
+        return type(state)(_on_cpu(value) for value in state)
+    return state
+
+
+def _first_weight(state: Mapping[str, Any]) -> tuple[str, torch.Tensor] | None:
+    """The first convolution weight of a generator state dict (its input channels are dimension 1)."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.ndim >= 3 and key.endswith(("weight.original", "weight")):
+            return key, value
+    return None
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI's ``CheckpointLoader`` (same arguments) whose errors name the checkpoint and say what does not fit: an
+    unreadable file (``custom_nets.io.read_checkpoint``), or weights trained for another number of input channels
+    (other ``input_keys``, or ``per_voxel_prior`` switched) or another network.
+
+    Raises:
+        FileNotFoundError, ValueError: when the checkpoint is loaded (at ``Events.STARTED``).
+    """
+
+    def __call__(self, engine: Engine) -> None:
+        checkpoint = read_checkpoint(self.load_path, self.map_location)  # names the file when unreadable
+        try:
+            super().__call__(engine)
+        except RuntimeError as error:
+            if "size mismatch" not in str(error) and "Missing key" not in str(error):
+                raise
+            raise ValueError(self._explain(checkpoint, str(error))) from None
+
+    def _explain(self, checkpoint: Mapping, error: str) -> str:
+        name, network = next(iter(self.load_dict.items()))
+        state = checkpoint.get(name, checkpoint) if isinstance(checkpoint, Mapping) else {}
+        saved, current = _first_weight(state), _first_weight(getattr(network, "state_dict", dict)())
+        if saved is not None and current is not None and saved[1].shape[1] != current[1].shape[1]:
+            return (
+                f"checkpoint {self.load_path} was trained with {saved[1].shape[1]} input channels, but this config "
+                f"gives the network {current[1].shape[1]} (one per input key, plus one with per_voxel_prior). Use "
+                "the input_keys, per_voxel_prior and residual_on_prior it was trained with."
+            )
+        first = error.strip().splitlines()[1:2] or error.strip().splitlines()[:1]
+        return (
+            f"checkpoint {self.load_path} does not fit network_def ({first[0].strip()[:300]}); use the network "
+            "settings (preset, channels, attention, spectral_norm, residual_on_prior) it was trained with."
+        )

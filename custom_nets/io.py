@@ -23,6 +23,7 @@ __all__ = [
     "atomic_save_nifti",
     "atomic_write_bytes",
     "atomic_torch_save",
+    "read_checkpoint",
     "remove_stale_temporaries",
     "sha256_of",
     "read_json",
@@ -84,6 +85,27 @@ def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` (tensors and plain containers only, never pickled code), with errors
+    that name the file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: ``path`` is truncated, not a PyTorch checkpoint, or holds objects other than tensors.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist (train first, or give its path).")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # zip, unpickling and weights-only errors all mean the same to the user
+        reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"checkpoint {path} cannot be read ({type(error).__name__}: {reason}); it is truncated, not a PyTorch "
+            "file, or holds more than tensors. Copy or train it again."
+        ) from None
 
 
 def _publish(temporary: str, path: Path) -> None:

@@ -279,3 +279,34 @@ def test_demo_end_to_end_in_brief(tmp_path):
     assert all(np.isfinite(v["mean"]["rmse"]) for v in report["scores"].values())
     assert (tmp_path / "out" / "eval" / "demo_fa" / "report.md").is_file()
     assert Path(report["figure"]).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(
+    "damage, overrides, message",
+    [
+        ("truncate", {}, "model_pet.pt cannot be read"),
+        (None, {"input_keys": ["t1w", "flair", "t1w"]}, "prior_pet.json: fitted for input_keys"),
+        (None, {"per_voxel_prior": False}, "trained with 3 input channels, but this config gives the network 2"),
+        (None, {"network_def#channels": [8, 16, 32]}, "does not fit network_def"),
+        ("delete", {}, "model_pet.pt does not exist"),
+    ],
+)
+def test_checkpoint_that_does_not_fit_is_named(damage, overrides, message, data_dir, tmp_path):
+    _train(data_dir, tmp_path, ["tasks/pet.json"])
+    model = tmp_path / "models" / "model_pet.pt"
+    if damage == "truncate":
+        model.write_bytes(model.read_bytes()[:1000])
+    elif damage == "delete":
+        model.unlink()
+    infer = _workflow(
+        "inference.json",
+        ["tasks/pet.json"],
+        "infer",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(data_dir),
+        **{**TINY, **overrides},
+    )
+    with pytest.raises(Exception) as raised:
+        infer.run()
+    assert message in _messages(raised.value)
+    assert not (tmp_path / "eval").exists() or not list((tmp_path / "eval").glob("*.nii.gz"))
