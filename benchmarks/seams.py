@@ -18,12 +18,13 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
-from custom_nets.evaluate import _find_prediction, evaluate_predictions
+from custom_nets.data import entry_id
+from custom_nets.evaluate import evaluate_predictions, find_prediction
 from custom_nets.experiments import CONFIGS
+from custom_nets.io import load_volume
 from custom_nets.metrics import seam_ratios
 
 SETTINGS = {  # name: inference.json overrides
@@ -60,9 +61,11 @@ def measure(run: Path, task: str, datalist: Path, name: str, overrides: dict, ex
     workflow.finalize()
     scores = evaluate_predictions(out, datalist, target_key, "test")
     worst = []
-    for entry in json.loads(datalist.read_text(encoding="utf-8"))["test"]:
-        prediction = np.asanyarray(nib.load(str(_find_prediction(out, entry["subject"]))).dataobj)
-        mask = np.asanyarray(nib.load(str(datalist.parent / entry["mask"])).dataobj) > 0
+    entries = json.loads(datalist.read_text(encoding="utf-8"))["test"]
+    ids = [entry_id(entry, index) for index, entry in enumerate(entries)]
+    for name, entry in zip(ids, entries):
+        prediction = load_volume(find_prediction(out, name, ids))[0]
+        mask = load_volume(datalist.parent / entry["mask"])[0] > 0
         # borders of the windows used; for one window, those of the default 64³ windows (where seams were)
         planes = ((64, 64, 64), 0.5) if all(r >= s for r, s in zip(roi, prediction.shape)) else (roi, overlap)
         ratios = seam_ratios(torch.from_numpy(prediction), torch.from_numpy(mask), *planes)

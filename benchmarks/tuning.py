@@ -21,13 +21,13 @@ import sys
 import time
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from custom_nets.comparison import model_overlays, run_baselines
-from custom_nets.evaluate import evaluate_predictions, paired_difference
+from custom_nets.data import entry_id
+from custom_nets.evaluate import evaluate_predictions, find_prediction, paired_difference
 from custom_nets.experiments import RunSettings, train_and_infer
-from custom_nets.io import atomic_write_text
+from custom_nets.io import atomic_write_text, load_volume
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = "SC-GAN without the per-voxel prior (the paper's inputs)"
@@ -55,15 +55,16 @@ VARIANTS = {  # name: (model, config overrides); each lever against the first ro
 
 
 def _load(path) -> np.ndarray:
-    return np.asanyarray(nib.load(str(path)).dataobj).astype(np.float64)
+    return load_volume(path)[0]
 
 
 def offset_share(pred_dir: Path, datalist: Path, target_key: str) -> float:
     """Share of the test MSE (pooled over subjects) that is each subject's mean error in the brain."""
-    content = json.loads(datalist.read_text(encoding="utf-8"))
+    entries = json.loads(datalist.read_text(encoding="utf-8"))["test"]
+    ids = [entry_id(entry, index) for index, entry in enumerate(entries)]
     total = offset = 0.0
-    for entry in content["test"]:
-        pred = _load(next(p for p in pred_dir.glob(f"{entry['subject']}_*.nii*")))
+    for name, entry in zip(ids, entries):
+        pred = _load(find_prediction(pred_dir, name, ids))
         mask = _load(datalist.parent / entry["mask"]) > 0
         error = (pred - _load(datalist.parent / entry[target_key]))[mask]
         total += float((error**2).mean())
