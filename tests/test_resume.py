@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -205,3 +210,38 @@ def test_old_resume_files_load_and_a_missing_file_starts_from_scratch(tmp_path, 
         handler.load(engine)
     assert (engine.state.epoch, engine.state.iteration) == (2, 6)
     assert "best validation metric" in caplog.text and "random states" in caplog.text
+
+
+def _cli_training(data_dir: Path, root: Path, resume: bool) -> subprocess.Popen:
+    settings = {**TINY_TRAIN, "epochs": 4, "epoch_length": 2, "val_interval": 1, "sw_overlap": 0.0}
+    settings.update(amp=False, channels_last=False, bundle_root=str(root), dataset_dir=str(data_dir), resume=resume)
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", str(CONFIGS / "train.json")]
+    for key, value in settings.items():
+        command += [f"--{key}", str(value).replace(" ", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def test_kill_during_training_then_resume_gives_the_uninterrupted_weights(data_dir, tmp_path):
+    """kill -9 at a random moment after the first epoch's checkpoint, then --resume True: the final generator, the
+    discriminator and the best model equal an uninterrupted run's, bit for bit (fp32, one thread)."""
+    whole = _cli_training(data_dir, tmp_path / "whole", resume=True)
+    assert whole.wait(timeout=600) == 0, whole.stderr.read()[-2000:]
+    killed = _cli_training(data_dir, tmp_path / "killed", resume=True)
+    resume_file = tmp_path / "killed" / "models" / "resume_pet.pt"
+    deadline = time.monotonic() + 600
+    while not resume_file.exists() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(random.Random(0).uniform(0.0, 1.0))
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    finished = _cli_training(data_dir, tmp_path / "killed", resume=True)
+    assert finished.wait(timeout=600) == 0, finished.stderr.read()[-2000:]
+    states = [torch.load(tmp_path / run / "models" / "resume_pet.pt", weights_only=True) for run in ("whole", "killed")]
+    assert states[0]["progress"] == states[1]["progress"]
+    for name in ("generator", "discriminator"):
+        assert not _differences(states[0][name], states[1][name]), name
+    best = [torch.load(tmp_path / run / "models" / "model.pt", weights_only=True) for run in ("whole", "killed")]
+    assert not _differences(*best)
+    leftovers = [p.name for p in (tmp_path / "killed" / "models").iterdir() if p.name.startswith(".")]
+    assert not leftovers
