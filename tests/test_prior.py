@@ -82,7 +82,7 @@ def test_bundle_round_trip_with_the_prior(residual_on_prior, data_dir, tmp_path)
     train.finalize()
     assert (tmp_path / "models" / "prior_md.json").is_file() and (tmp_path / "models" / "model_md.pt").is_file()
     weights = torch.load(tmp_path / "models" / "model_md.pt", weights_only=True)
-    assert ("residual_gain" in weights) == residual_on_prior
+    assert ("head.0.weight" in weights) == residual_on_prior  # the residual head: zero-initialised, no spectral norm
     infer = ConfigWorkflow(
         config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "tasks" / "md.json")],
         meta_file=str(CONFIGS / "metadata.json"),

@@ -111,11 +111,10 @@ class SCGANGenerator(nn.Module):
         out_act: output activation: ``None`` (identity), ``"relu"``, ``"sigmoid"``, ``"tanh"`` or any MONAI name.
         attention: ``False`` removes every attention site (the paper's 3D cGAN and no-attention ablation).
         residual_channel: index of an input channel that already estimates the target (the per-voxel prior of
-            ``custom_nets.prior``); the output becomes that channel plus ``residual_gain`` times the head's output
-            (residual learning, He et al., CVPR 2016), with the gain initialised to 0 as SAGAN's attention gamma
-            (Zhang et al., ICML 2019), so training starts from the prior exactly. The correction is signed: ``out_act``
-            does not act on it, the sum is clamped to ``out_act``'s range instead (relu: ≥ 0, sigmoid: [0, 1],
-            tanh: [-1, 1]). ``None``: the paper's output.
+            ``custom_nets.prior``); the output becomes that channel plus the head's output (residual learning, He et
+            al., CVPR 2016), whose convolution is zero-initialised and not spectrally normalised, so training starts
+            from the prior exactly. The correction is signed: ``out_act`` does not act on it, the sum is clamped to
+            ``out_act``'s range instead (relu: ≥ 0, sigmoid: [0, 1], tanh: [-1, 1]). ``None``: the paper's output.
 
     Raises:
         ValueError: an argument outside its documented range (the message names it).
@@ -218,7 +217,15 @@ class SCGANGenerator(nn.Module):
                 layers.append(attention(cout))
             self.decoder.append(nn.Sequential(*layers))
 
-        head = [conv(final_channels, out_channels, 3, bias=True)]
+        if residual_channel is not None:
+            # the correction starts at exactly 0 (zero weights, which spectral norm cannot normalise): training starts
+            # from the prior and moves away from it at the optimiser's full speed, as zero-initialised last layers do
+            head_conv = make_conv(spatial_dims, final_channels, out_channels, 3, 1, False, True, False)
+            nn.init.zeros_(head_conv.weight)
+            nn.init.zeros_(head_conv.bias)
+        else:
+            head_conv = conv(final_channels, out_channels, 3, bias=True)
+        head = [head_conv]
         if output_attention:
             head.append(attention(out_channels, pool=2, stride=output_attention_stride))
         if residual_channel is not None and not 0 <= residual_channel < in_channels:
@@ -228,7 +235,6 @@ class SCGANGenerator(nn.Module):
             head.append(get_act_layer(out_act))
         self.head = nn.Sequential(*head)
         self.residual_channel = residual_channel
-        self.residual_gain = nn.Parameter(torch.zeros(1)) if residual_channel is not None else None
         name = (out_act[0] if isinstance(out_act, tuple) else out_act or "").lower()
         self.residual_low, self.residual_high = RESIDUAL_RANGES.get(name, (None, None))
 
@@ -265,8 +271,8 @@ class SCGANGenerator(nn.Module):
             if position > 0:
                 x = torch.cat((x, skips[self.depth - 1 - position]), dim=1)
             x = layer(x)
-        if base is not None and self.residual_gain is not None:
-            output = base.to(x.dtype) + self.residual_gain.to(x.dtype) * self.head(x)
+        if base is not None:
+            output = base.to(x.dtype) + self.head(x)
             if self.residual_low is None and self.residual_high is None:
                 return output
             return torch.clamp(output, self.residual_low, self.residual_high)
