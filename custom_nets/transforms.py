@@ -99,7 +99,8 @@ class LoadEntryd(MapTransform):
             if expected is not None and d[key].shape[0] != expected:
                 raise ValueError(
                     f"{entry}, key '{key}': {', '.join(str(p) for p in paths)} give {d[key].shape[0]} channel(s), but "
-                    f"the model takes {expected} (one per input key); list one input key per channel."
+                    f"the model takes {expected}, one per input key ({self.file_names.get(key, 'input_keys')}); give "
+                    "one 3D file per input key (split a 4D file, e.g. with nibabel or fslsplit)."
                 )
         return d
 
