@@ -61,3 +61,16 @@ def test_cli_typo_stops_before_anything_is_written(tmp_path):
     assert result.returncode != 0
     assert "--patch_sizee: no such id in the bundle's configs (did you mean patch_size" in result.stderr
     assert not (tmp_path / "models").exists()
+
+
+def test_ids_shared_by_training_and_inference_agree():
+    """Inference must rebuild the network and the preprocessing training used: every id both configs define has one
+    value, except those whose job differs (what to import and run, and fitting vs reading the prior)."""
+    import json
+
+    train = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
+    infer = json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8"))
+    differing = {"imports", "initialize", "run", "prior"}
+    shared = sorted(set(train) & set(infer) - differing)
+    assert {"network_def", "load_transforms", "input_keys", "per_voxel_prior", "residual_on_prior"} <= set(shared)
+    assert {key for key in shared if train[key] != infer[key]} == set()
