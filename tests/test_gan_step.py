@@ -1,0 +1,108 @@
+"""Behaviour of one ConditionalGanTrainer iteration (pix2pix order: D step on the detached synthesis, then G step
+through a frozen D), of the losses and of the metrics it reports."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from custom_nets import build_discriminator, build_generator
+from custom_nets.losses import MaskedRMSELoss
+from custom_nets.metrics import masked_rmse, masked_ssim
+from custom_nets.trainer import ConditionalGanTrainer
+
+TINY_G = {"channels": [8, 16, 16], "encoder_attention_levels": [2], "decoder_attention_levels": [1]}
+
+
+def _batch() -> dict:
+    torch.manual_seed(1)
+    return {
+        "image": torch.rand(2, 2, 16, 16, 16),
+        "label": torch.rand(2, 1, 16, 16, 16),
+        "mask": torch.ones(2, 1, 16, 16, 16),
+    }
+
+
+def _trainer(with_discriminator: bool = True, **options) -> ConditionalGanTrainer:
+    torch.manual_seed(0)
+    generator = build_generator(in_channels=2, out_channels=1, output_attention_stride=4, **TINY_G)
+    discriminator = build_discriminator(in_channels=3, channels=[8, 8, 16, 16]) if with_discriminator else None
+    return ConditionalGanTrainer(
+        "cpu",
+        1,
+        [_batch()],
+        generator,
+        torch.optim.Adam(generator.parameters(), lr=1e-3),
+        discriminator,
+        torch.optim.Adam(discriminator.parameters(), lr=1e-3) if with_discriminator else None,
+        amp=False,
+        **options,
+    )
+
+
+def _weights(network: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: value.detach().clone() for name, value in network.state_dict().items()}
+
+
+def test_d_step_gives_g_no_gradient_and_g_step_leaves_d_unchanged():
+    trainer = _trainer()
+    seen = {}
+    d_step = trainer.d_optimizer.step
+
+    def recording_step(*args, **kwargs):
+        seen["g_grads_at_d_step"] = [p.grad for p in trainer.g_network.parameters()]
+        result = d_step(*args, **kwargs)
+        seen["d_after_d_step"] = _weights(trainer.d_network)
+        return result
+
+    trainer.d_optimizer.step = recording_step
+    g_before = _weights(trainer.g_network)
+    trainer._iteration(trainer, _batch())
+    assert all(grad is None for grad in seen["g_grads_at_d_step"])  # D's loss sees G(A) detached
+    d_after = _weights(trainer.d_network)
+    changed = [name for name in d_after if not torch.equal(d_after[name], seen["d_after_d_step"][name])]
+    # the G step runs D forward in training mode: only spectral norm's power-iteration vectors may move
+    assert all(name.endswith(("._u", "._v")) for name in changed), changed
+    assert any(not torch.equal(g_before[n], v) for n, v in _weights(trainer.g_network).items())
+    assert all(p.requires_grad for p in trainer.d_network.parameters())  # D is trainable again afterwards
+
+
+def test_generator_only_training_has_no_adversarial_terms():
+    trainer = _trainer(with_discriminator=False)
+    output = trainer._iteration(trainer, _batch())
+    assert trainer.d_network is None and "adv" not in output and "d_loss" not in output
+    assert torch.isfinite(torch.as_tensor(output["g_loss"]))
+
+
+def test_discriminator_and_optimizer_come_together():
+    generator = build_generator(in_channels=2, output_attention_stride=4, **TINY_G)
+    discriminator = build_discriminator(in_channels=3, channels=[8, 8, 16, 16])
+    with pytest.raises(ValueError, match="together"):
+        ConditionalGanTrainer("cpu", 1, [], generator, torch.optim.Adam(generator.parameters()), discriminator, None)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 8, 8, 8), (2, 1, 6, 7, 5), (3, 1, 10, 10)])
+def test_masked_rmse_with_a_full_mask_is_plain_rmse(shape):
+    pred, target = torch.rand(shape), torch.rand(shape)
+    plain = torch.sqrt(((pred - target) ** 2).mean())
+    loss = MaskedRMSELoss(eps=0.0)
+    assert loss(pred, target, torch.ones(shape[0], 1, *shape[2:])) == pytest.approx(float(plain), rel=1e-6)
+    assert loss(pred, target) == pytest.approx(float(plain), rel=1e-6)
+    assert masked_rmse(pred[:1], target[:1], torch.ones_like(pred[:1])) == pytest.approx(
+        float(torch.sqrt(((pred[:1] - target[:1]) ** 2).mean())), rel=1e-5
+    )
+
+
+def test_masked_rmse_ignores_voxels_outside_the_mask():
+    pred, target = torch.zeros(1, 1, 4, 4, 4), torch.zeros(1, 1, 4, 4, 4)
+    mask = torch.zeros_like(pred)
+    mask[..., :2] = 1
+    target[..., 2:] = 100.0  # errors only outside the mask
+    assert MaskedRMSELoss(eps=0.0)(pred, target, mask) == 0
+
+
+def test_ssim_of_an_image_with_itself_is_one():
+    image = torch.rand(1, 1, 16, 16, 16)
+    mask = torch.ones_like(image)
+    assert masked_ssim(image, image, mask) == pytest.approx(1.0, abs=1e-6)
+    assert masked_ssim(image, torch.rand_like(image), mask) < 0.5
