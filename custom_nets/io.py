@@ -5,11 +5,13 @@ one error naming the file and what was expected."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +43,22 @@ AFFINE_TOLERANCE_MM = 1e-2
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)\.[A-Za-z0-9_]{8}(?P<suffix>\.tmp|\.nii|\.nii\.gz)$")
 
 
-def _temporary(path: Path, suffix: str = ".tmp") -> str:
-    """A new empty file beside ``path`` for an atomic write (closed; the caller writes it, then ``_publish``es it)."""
+@contextlib.contextmanager
+def _atomic(path: Path, suffix: str = ".tmp") -> Iterator[str]:
+    """Yield the name of a new empty file beside ``path``; when the block succeeds it becomes ``path`` in one rename
+    (with the permissions a plain ``open`` would give; mkstemp makes 0600), when it fails it is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=suffix)
     os.close(handle)
-    return temporary
+    try:
+        yield temporary
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def _alive(pid: int) -> bool:
@@ -77,13 +89,8 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
 def atomic_torch_save(path: str | os.PathLike, obj: Any) -> Path:
     """``torch.save(obj)`` to ``path`` atomically, with the permissions a plain ``open`` would give."""
     path = Path(path)
-    temporary = _temporary(path)
-    try:
+    with _atomic(path) as temporary:
         torch.save(obj, temporary)
-        _publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -108,14 +115,6 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
         ) from None
 
 
-def _publish(temporary: str, path: Path) -> None:
-    """Give the temporary file the permissions a plain ``open`` would (mkstemp makes it 0600), then rename it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temporary, 0o666 & ~umask)
-    os.replace(temporary, path)
-
-
 def sha256_of(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks."""
     digest = hashlib.sha256()
@@ -127,14 +126,8 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
-    temporary = _temporary(path)
-    try:
-        with open(temporary, "wb") as stream:
-            stream.write(data)
-        _publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with _atomic(path) as temporary, open(temporary, "wb") as stream:
+        stream.write(data)
     return path
 
 
@@ -153,13 +146,8 @@ def atomic_save_nifti(path: str | os.PathLike, array: np.ndarray, affine: np.nda
     image.set_sform(affine, code=1)
     image.set_qform(affine, code=1)
     # nibabel picks the compression from the suffix, so the temporary name keeps it.
-    temporary = _temporary(path, ".nii.gz" if path.name.endswith(".nii.gz") else ".nii")
-    try:
+    with _atomic(path, ".nii.gz" if path.name.endswith(".nii.gz") else ".nii") as temporary:
         nib.save(image, temporary)
-        _publish(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
     return path
 
 
