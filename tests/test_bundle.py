@@ -53,6 +53,17 @@ def _train(data_dir, root, overlays=(), **overrides):
     return workflow
 
 
+def _inference(data_dir, root, task: str = "pet", **overrides) -> ConfigWorkflow:
+    return _workflow(
+        "inference.json",
+        [f"tasks/{task}.json"],
+        "infer",
+        bundle_root=str(root),
+        dataset_dir=str(data_dir),
+        **{**TINY, **overrides},
+    )
+
+
 def _messages(error: BaseException) -> str:
     texts = []
     while error is not None:
@@ -109,9 +120,7 @@ def test_evaluate_and_infer_keep_shape_and_affine(data_dir, tmp_path):
     )
     evaluate.run()
     assert (tmp_path / "eval" / "md" / "metrics.csv").is_file()
-    infer = _workflow(
-        "inference.json", ["tasks/md.json"], "infer", bundle_root=str(tmp_path), dataset_dir=str(data_dir), **TINY
-    )
+    infer = _inference(data_dir, tmp_path, "md")
     infer.run()
     outputs = sorted((tmp_path / "eval").glob("*_md.nii.gz"))
     assert len(outputs) == 1
@@ -161,15 +170,7 @@ def test_inference_on_any_voxel_order_returns_the_input_grid(data_dir, tmp_path)
 
 def test_inference_with_resampling_returns_the_input_grid(data_dir, tmp_path):
     _train(data_dir, tmp_path, ["tasks/pet.json"], pixdim=[3.0, 3.0, 3.0])
-    infer = _workflow(
-        "inference.json",
-        ["tasks/pet.json"],
-        "infer",
-        bundle_root=str(tmp_path),
-        dataset_dir=str(data_dir),
-        pixdim=[3.0, 3.0, 3.0],
-        **TINY,
-    )
+    infer = _inference(data_dir, tmp_path, pixdim=[3.0, 3.0, 3.0])
     infer.run()
     (output,) = sorted((tmp_path / "eval").glob("*_pet.nii.gz"))
     subject = output.name.split("_")[0]
@@ -298,14 +299,7 @@ def test_checkpoint_that_does_not_fit_is_named(damage, overrides, message, data_
         model.write_bytes(model.read_bytes()[:1000])
     elif damage == "delete":
         model.unlink()
-    infer = _workflow(
-        "inference.json",
-        ["tasks/pet.json"],
-        "infer",
-        bundle_root=str(tmp_path),
-        dataset_dir=str(data_dir),
-        **{**TINY, **overrides},
-    )
+    infer = _inference(data_dir, tmp_path, **overrides)
     with pytest.raises(Exception) as raised:
         infer.run()
     assert message in _messages(raised.value)
