@@ -11,6 +11,7 @@ final weights are used), so that the only difference between runs is the model o
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import time
@@ -82,16 +83,21 @@ def train_and_infer(
     ``epoch_length`` iterations) and synthesises with the best validation checkpoint instead of the final weights.
 
     Returns (and writes to ``out_dir/run.json``) the settings, the iterations run, the training seconds and seconds
-    per iteration. A finished run with identical settings is reused when ``reuse`` is true.
+    per iteration. A finished run with identical settings and config files is reused when ``reuse`` is true.
     """
     from monai.bundle import ConfigWorkflow
 
     out_dir, datalist = Path(out_dir).absolute(), Path(datalist).absolute()
     overlays = _overlays(task, model_overlays)
     record_path = out_dir / "run.json"
+    # the configs' content belongs to the identity: a changed default must not reuse runs made under the old one
+    digest = hashlib.sha256()
+    for path in [CONFIGS / "train.json", CONFIGS / "inference.json", *map(Path, overlays)]:
+        digest.update(Path(path).read_bytes())
     identity = {
         "task": task,
         "overlays": [Path(p).name for p in overlays],
+        "configs_sha256": digest.hexdigest()[:16],
         **settings,
         **(overrides or {}),
         **({"model_selection": True} if model_selection else {}),
