@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULTS = "SC-GAN without the per-voxel prior (the paper's inputs)"
 VARIANTS = {  # name: (model, config overrides); each lever against the first row; the most informative first
     DEFAULTS: ("scgan", {"per_voxel_prior": False}),
-    "+ per-voxel prior channel (cubic polynomial; train.json's default)": ("scgan", {"per_voxel_prior": True}),
+    "+ per-voxel prior channel (cubic polynomial)": ("scgan", {"per_voxel_prior": True, "residual_on_prior": False}),
     "+ generator weight average (ema_decay 0.99)": ("scgan", {"per_voxel_prior": False, "ema_decay": 0.99}),
     "+ augmentation (affine, bias field, gamma; p 0.3)": (
         "scgan",
@@ -47,7 +47,7 @@ VARIANTS = {  # name: (model, config overrides); each lever against the first ro
         "scgan",
         {"per_voxel_prior": False, "lambda_adv": 0.1, "lambda_fm": 2.0},
     ),
-    "+ per-voxel prior as the residual base (output = prior + learned correction)": (
+    "+ per-voxel prior as the residual base (train.json's default; output = prior + learned correction)": (
         "scgan",
         {"per_voxel_prior": True, "residual_on_prior": True},
     ),
