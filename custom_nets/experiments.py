@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -153,6 +154,7 @@ def train_and_infer(
     iterations = trainer.state.iteration
     train.finalize()
 
+    shutil.rmtree(out_dir / "predictions", ignore_errors=True)  # a former run's files would be scored as this one's
     infer = ConfigWorkflow(
         config_file=[str(CONFIGS / "inference.json")] + overlays,
         meta_file=str(CONFIGS / "metadata.json"),
