@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=10, help="runs per patch size")
     parser.add_argument("--patches", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--iterations", type=int, default=20)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … first-seed + runs − 1")
     parser.add_argument("--data", default=str(ROOT / "data" / "finite_training"))
     args = parser.parse_args(argv)
     logging.getLogger("ignite").setLevel(logging.WARNING)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     with tempfile.TemporaryDirectory() as scratch:
         for patch in args.patches:
-            for seed in range(args.runs):
+            for seed in range(args.first_seed, args.first_seed + args.runs):
                 record = one_run(data, Path(scratch) / f"p{patch}_s{seed}", patch, seed, args.iterations)
                 records.append(record)
                 print(json.dumps(record), flush=True)
