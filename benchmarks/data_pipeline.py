@@ -33,15 +33,15 @@ TARGET_SHARE = 0.10
 
 def measure(data: Path, workers: int, patch: int, iterations: int) -> dict:
     from ignite.engine import Events
-    from monai.bundle import ConfigWorkflow
 
-    configs = ROOT / "bundle" / "configs"
+    from custom_nets.evaluation.pipeline import bundle_workflow
+
+    bundle = ROOT / "bundle"
     with tempfile.TemporaryDirectory() as root:
-        workflow = ConfigWorkflow(
-            config_file=[str(configs / "train.json"), str(configs / "tasks" / "pet.json")],
-            meta_file=str(configs / "metadata.json"),
-            logging_file=str(configs / "logging.conf"),
-            workflow_type="train",
+        workflow = bundle_workflow(
+            bundle,
+            "train.json",
+            [bundle / "configs" / "tasks" / "pet.json"],
             bundle_root=root,
             dataset_dir=str(data),
             epochs=1,
@@ -91,11 +91,9 @@ def main() -> None:
     parser.add_argument("--patch", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=8)
     args = parser.parse_args()
-    data = Path(args.data).absolute()
-    if not (data / "datalist.json").is_file():
-        from custom_nets.phantom.dataset import generate_dataset
+    from custom_nets.datasets.phantom.dataset import synthetic_datalist
 
-        generate_dataset(data, subjects=20, seed=0)
+    data = synthetic_datalist(args.data, subjects=20, seed=0).parent
     rows = []
     for workers in args.workers:
         rows.append(measure(data, workers, args.patch, args.iterations))

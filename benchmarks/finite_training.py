@@ -24,21 +24,18 @@ from pathlib import Path
 
 import torch
 
-from custom_nets.experiments import CONFIGS
-from custom_nets.phantom.dataset import generate_dataset
+from custom_nets.datasets.phantom.dataset import synthetic_datalist
+from custom_nets.evaluation.pipeline import bundle_workflow
 from custom_nets.precision import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def one_run(data: Path, root: Path, patch: int, seed: int, iterations: int) -> dict:
-    from monai.bundle import ConfigWorkflow
-
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "tasks" / "pet.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
+    workflow = bundle_workflow(
+        ROOT / "bundle",
+        "train.json",
+        [ROOT / "bundle" / "configs" / "tasks" / "pet.json"],
         bundle_root=str(root),
         dataset_dir=str(data),
         patch_size=[patch] * 3,
@@ -94,9 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default=str(ROOT / "data" / "finite_training"))
     args = parser.parse_args(argv)
     logging.getLogger("ignite").setLevel(logging.WARNING)
-    data = Path(args.data)
-    if not (data / "datalist.json").is_file():
-        generate_dataset(data, subjects=6, seed=4, progress=False)
+    data = synthetic_datalist(args.data, subjects=6, seed=4).parent
     records = []
     with tempfile.TemporaryDirectory() as scratch:
         for patch in args.patches:

@@ -26,25 +26,24 @@ from pathlib import Path
 
 import numpy as np
 
-from custom_nets.comparison import (
+from custom_nets.datasets.phantom.dataset import synthetic_datalist
+from custom_nets.evaluation.comparison import (
     ABLATION_MODELS,
     BASELINE_LABELS,
     COMPARISON_MODELS,
     MODEL_LABELS,
     ORACLE_LABEL,
     PAPER_GAIN_OVER_2D_CGAN,
-    comparison_figure,
+    best_baseline,
     markdown_table,
-    run_baselines,
-    run_models,
-    run_oracle,
 )
-from custom_nets.evaluate import paired_difference
-from custom_nets.experiments import CONFIGS, RunSettings
+from custom_nets.evaluation.evaluate import paired_difference
+from custom_nets.evaluation.figures import comparison_figure
+from custom_nets.evaluation.pipeline import RunSettings, compare
 from custom_nets.io import atomic_write_text
-from custom_nets.phantom.dataset import generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "bundle"
 LABELS = {"oracle": ORACLE_LABEL, **BASELINE_LABELS, **MODEL_LABELS}
 MODES = {
     "quick": {"iterations": 48, "ablation_tasks": ("pet",), "subjects": 20, "split": (0.8, 0.1, 0.1)},
@@ -54,17 +53,13 @@ MODES = {
 }
 
 
-def _task_settings(task: str) -> dict:
-    return json.loads((CONFIGS / "tasks" / f"{task}.json").read_text(encoding="utf-8"))
-
-
 def _gain(results: dict, model: str, reference: str) -> float:
     mine = results[model]["scores"]["summary"]["nrmse"]["mean"]
     theirs = results[reference]["scores"]["summary"]["nrmse"]["mean"]
     return 1 - mine / theirs
 
 
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--mode", choices=sorted(MODES), default="quick")
     parser.add_argument("--tasks", nargs="+", default=["pet", "fa", "md"])
@@ -75,54 +70,65 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"), help="where results.md and figures go")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    mode = MODES[args.mode]
     unknown = [t for t in args.tasks if t not in PAPER_GAIN_OVER_2D_CGAN]
     if unknown:
         parser.error(f"--tasks: {unknown} not among {sorted(PAPER_GAIN_OVER_2D_CGAN)}")
+    return args
+
+
+def _settings(args: argparse.Namespace, mode: dict) -> RunSettings:
     if args.iterations or args.minutes:
         budget = {"iterations": args.iterations or 0, "minutes": args.minutes or 0.0}
     else:
         budget = {"iterations": mode.get("iterations", 0), "minutes": mode.get("minutes", 0.0)}
     if budget["minutes"] > 0:  # equal wall clock: train.json's own patches and batches
-        settings = RunSettings(**budget, patch_size=None, batch_size=None, num_samples=None, seed=args.seed)
-    else:
-        settings = RunSettings(**budget, seed=args.seed)
+        return RunSettings(**budget, patch_size=None, batch_size=None, num_samples=None, seed=args.seed)
+    return RunSettings(**budget, seed=args.seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    mode = MODES[args.mode]
+    settings = _settings(args, mode)
     default_data = "synthetic" if mode["subjects"] == 20 else "benchmark"  # the demo's cohort, or recipe.py's
-    data = Path(args.data or ROOT / "data" / default_data).absolute()
-    docs = Path(args.docs).absolute()
-    datalist = data / "datalist.json"
-    if not datalist.is_file():
-        print(f"generating {mode['subjects']} synthetic subjects (seed {args.seed}) in {data}")
-        generate_dataset(data, subjects=mode["subjects"], seed=args.seed, fractions=mode["split"])
+    datalist = synthetic_datalist(args.data or ROOT / "data" / default_data, mode["subjects"], args.seed, mode["split"])
     content = json.loads(datalist.read_text(encoding="utf-8"))
     size = f"{settings['minutes']:g}min" if settings["minutes"] > 0 else f"{settings['iterations']}it"
     out = Path(args.out).absolute() / f"{args.mode}_{size}_seed{settings['seed']}"
+    docs = Path(args.docs).absolute()
 
     start = time.perf_counter()
     report: dict = {"mode": args.mode, "settings": dict(settings), "tasks": {}}
     for task in args.tasks:
-        task_config = _task_settings(task)
-        target_key, input_keys = task_config["target_key"], task_config["input_keys"]
         models = list(COMPARISON_MODELS) + (list(ABLATION_MODELS) if task in mode["ablation_tasks"] else [])
-        baselines = {"oracle": run_oracle(datalist, out / task / "oracle", target_key)}
-        baselines.update(run_baselines(datalist, out / task / "baselines", target_key, input_keys))
-        learned = run_models(task, models, datalist, out / task, settings, target_key)
-        figure = comparison_figure(
+        entry = compare(BUNDLE, task, datalist, out / task, settings, models, oracle=True)
+        rows = entry["rows"]
+        shown = {"intensity_lookup": "lookup table", **{m: MODEL_LABELS[m].split(" (")[0] for m in COMPARISON_MODELS}}
+        entry["figure"] = comparison_figure(
             docs / "figures" / f"results_{task}.png",
             datalist,
-            input_keys,
-            target_key,
-            {"intensity_lookup": baselines["intensity_lookup"]["predictions"]}
-            | {m: learned[m]["run"]["predictions"] for m in COMPARISON_MODELS},
+            entry["input_keys"],
+            entry["target_key"],
+            {label: rows[name]["predictions"] for name, label in shown.items()},
+            entry["target_unit"],
         )
-        report["tasks"][task] = {"target_key": target_key, "baselines": baselines, "models": learned, "figure": figure}
-        print(f"\n{task}:")
-        print("\n".join(markdown_table({**baselines, **learned}, LABELS, interval=True)))
+        entry["baselines"] = {k: v for k, v in rows.items() if k not in MODEL_LABELS}
+        entry["models"] = {k: v for k, v in rows.items() if k in MODEL_LABELS}
+        report["tasks"][task] = entry
+        print(f"\n{task}:\n" + "\n".join(markdown_table(rows, LABELS, interval=True)))
     seconds = time.perf_counter() - start
 
     lines = _results_markdown(report, content, args, seconds, docs)
     atomic_write_text(docs / "results.md", "\n".join(lines) + "\n")
-    summary = {
+    summary = _summary(report, args, seconds)
+    print(f"\nwritten: {docs / 'results.md'}")
+    print(json.dumps(summary))
+    return 0
+
+
+def _summary(report: dict, args: argparse.Namespace, seconds: float) -> dict:
+    settings = report["settings"]
+    return {
         "benchmark": "paper_table",
         "mode": args.mode,
         "iterations": settings["iterations"],
@@ -130,25 +136,18 @@ def main(argv: list[str] | None = None) -> int:
         "seed": settings["seed"],
         "minutes": round(seconds / 60, 2),
         "nrmse": {
-            task: {name: round(row["scores"]["summary"]["nrmse"]["mean"], 5) for name, row in _rows(entry).items()}
+            task: {name: round(row["scores"]["summary"]["nrmse"]["mean"], 5) for name, row in entry["rows"].items()}
             for task, entry in report["tasks"].items()
         },
         "scgan_gain_over_cgan2d": {
             task: round(_gain(entry["models"], "scgan", "cgan2d"), 4) for task, entry in report["tasks"].items()
         },
     }
-    print(f"\nwritten: {docs / 'results.md'}")
-    print(json.dumps(summary))
-    return 0
 
 
 def _relative(gain: float) -> str:
     """'12.3 % lower' for a relative reduction of 0.123, '4.0 % higher' for -0.04."""
     return f"{100 * abs(gain):.1f} % {'lower' if gain > 0 else 'higher'}"
-
-
-def _rows(entry: dict) -> dict:
-    return {**entry["baselines"], **entry["models"]}
 
 
 def _results_markdown(report: dict, content: dict, args, seconds: float, docs: Path) -> list[str]:
@@ -189,13 +188,14 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         f"in their `run.json` files (this invocation: {seconds / 60:.1f} min; finished runs with the same settings "
         "are reused). Generated file: rerun the command to refresh it.",
         "",
-        f"- Data: synthetic subjects (`python -m custom_nets.phantom`, seed {args.seed}): "
+        f"- Data: synthetic subjects (`python -m custom_nets.datasets.phantom`, seed {args.seed}): "
         f"{len(content['training'])} training subjects, {len(content['test'])} held-out test subjects, 2 mm MNI grid. "
         "Validation subjects are not used: every model is scored with its final weights.",
         f"- Equal budget for every learned model: {budget}; Adam with the cosine schedule over the budget, the loss "
         "weights and precision of `train.json`, CPU preset networks (`generator_preset: cpu`). Inference: "
         "`inference.json`.",
-        "- Baselines without deep learning, fitted on the training subjects only (`python -m custom_nets.baselines`); "
+        "- Baselines without deep learning, fitted on the training subjects only "
+        "(`python -m custom_nets.evaluation.baselines`); "
         "the oracle row scores the noise-free target (`<target>_noisefree` of the phantom): the error no synthesis "
         "can remove.",
         "- Metrics inside the brain mask, over the whole volume (`custom_nets/metrics.py`): NRMSE = RMSE / (max − min "
@@ -224,15 +224,15 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         comparison = {**entry["baselines"], **{m: results[m] for m in COMPARISON_MODELS}}
         lines += markdown_table(comparison, LABELS, interval=True)
         gain = _gain(results, "scgan", "cgan2d")
-        best_baseline = min(BASELINE_LABELS, key=lambda n: entry["baselines"][n]["scores"]["summary"]["nrmse"]["mean"])
-        paired = paired_difference(results["scgan"]["scores"], entry["baselines"][best_baseline]["scores"])
+        best = best_baseline(entry["baselines"])
+        paired = paired_difference(results["scgan"]["scores"], entry["baselines"][best]["scores"])
         versus_baseline = -paired["relative"]
         ranked = sorted(COMPARISON_MODELS, key=lambda m: results[m]["scores"]["summary"]["nrmse"]["mean"])
         lines += [
             "",
             f"SC-GAN's NRMSE is **{_relative(gain)}** than the 2D cGAN's here; the paper reports "
             f"{100 * PAPER_GAIN_OVER_2D_CGAN[task]:.0f} % lower on ADNI. Against the best baseline without learning "
-            f"({BASELINE_LABELS[best_baseline]}) it is {_relative(versus_baseline)} (paired difference "
+            f"({BASELINE_LABELS[best]}) it is {_relative(versus_baseline)} (paired difference "
             f"{paired['mean']:+.4f} [{paired['ci95_low']:+.4f}, {paired['ci95_high']:+.4f}])"
             f"{'.' if paired['ci95_high'] < 0 else ': SC-GAN does not beat this baseline here.'} Rank of SC-GAN among "
             f"the learned models: {ranked.index('scgan') + 1} of {len(ranked)}.",

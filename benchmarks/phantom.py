@@ -20,9 +20,9 @@ import time  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from custom_nets.datasets.phantom.anatomy import load_template  # noqa: E402
+from custom_nets.datasets.phantom.subject import sample_latents, synthesise_subject  # noqa: E402
 from custom_nets.io import atomic_save_nifti  # noqa: E402
-from custom_nets.phantom.anatomy import load_template  # noqa: E402
-from custom_nets.phantom.subject import sample_latents, synthesise_subject  # noqa: E402
 
 
 def main() -> None:

@@ -5,8 +5,8 @@ and a 3D U-Net next to the baselines without deep learning.
 
     python benchmarks/real_case.py        # fetches spm-runtime once (82 MB); 3 splits × 2 models × 4 min: ~26 min
 
-The templates are real images but population averages, not subjects (see ``custom_nets/realdata.py``). Inputs are
-whole-head by default (``--no-whole-head``: skull-stripped), the brain mask is in the datalist. Writes
+The templates are real images but population averages, not subjects (see ``custom_nets/datasets/templates.py``).
+Inputs are whole-head by default (``--no-whole-head``: skull-stripped), the brain mask is in the datalist. Writes
 ``bundle/docs/results_real.md`` and one figure per split; prints the tables and one JSON line.
 """
 
@@ -18,26 +18,15 @@ import sys
 import time
 from pathlib import Path
 
-from custom_nets.comparison import (
-    BASELINE_LABELS,
-    MODEL_LABELS,
-    comparison_figure,
-    markdown_table,
-    run_baselines,
-    run_models,
-)
-from custom_nets.experiments import RunSettings
+from custom_nets.data import read_datalist
+from custom_nets.datasets import templates
+from custom_nets.evaluation.comparison import BASELINE_LABELS, MODEL_LABELS, markdown_table
+from custom_nets.evaluation.figures import comparison_figure
+from custom_nets.evaluation.pipeline import RunSettings, run_baselines, run_models
 from custom_nets.io import atomic_write_text
-from custom_nets.realdata import (
-    SPLITS,
-    SPM_LABELS,
-    SPM_MEMBERS,
-    SPM_REQUIREMENT,
-    build_template_case,
-    largest_fitting_patch,
-)
 
 ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "bundle"
 INPUT_KEYS = ["t1w", "t2w", "pd"]
 # the baselines every learned model is judged against (rows of each table, in this order)
 BASELINES = ("population_mean", "intensity_lookup", "cubic_polynomial")
@@ -65,15 +54,15 @@ def _budget(args: argparse.Namespace) -> str:
 def run_split(split: str, args: argparse.Namespace, docs: Path, log=print) -> dict:
     """Build one split's case, fit the baselines, train and score every model; returns the rows and the doc lines."""
     head = "wholehead" if args.whole_head else "stripped"
-    datalist = build_template_case(
+    datalist = templates.build_template_case(
         Path(args.data) / f"{split}-{head}",
         args.guard_mm,
         split=split,
         whole_head=args.whole_head,
         patch_size=args.patch_size,
     )
-    content = json.loads(datalist.read_text(encoding="utf-8"))
-    patch = args.patch_size or largest_fitting_patch(tuple(content["crop_shape"]), split=split)
+    content = read_datalist(datalist)
+    patch = args.patch_size or templates.largest_fitting_patch(tuple(content["crop_shape"]), split=split)
     # one training volume: 4 patches per iteration, all from the training region
     settings = RunSettings(
         iterations=args.iterations or 0,
@@ -96,12 +85,12 @@ def run_split(split: str, args: argparse.Namespace, docs: Path, log=print) -> di
     for model in args.models:
         learned.update(
             run_models(
+                BUNDLE,
                 "pet",
                 [model],
                 datalist,
                 out,
                 settings,
-                "pet",
                 score_mask_key="score_mask",
                 overrides=overrides,
                 log=lambda message: log(f"[{split}] {message}"),
@@ -112,13 +101,14 @@ def run_split(split: str, args: argparse.Namespace, docs: Path, log=print) -> di
         datalist,
         INPUT_KEYS,
         "pet",
-        {"intensity_lookup": baselines["intensity_lookup"]["predictions"]}
-        | {m: row["run"]["predictions"] for m, row in learned.items()},
+        {"lookup table": baselines["intensity_lookup"]["predictions"]}
+        | {MODEL_LABELS[m].split(" (")[0]: row["run"]["predictions"] for m, row in learned.items()},
+        "SUVR-like (template units)",
         score_mask_key="score_mask",
     )
     rows = {name: baselines[name] for name in BASELINES} | learned
     table = markdown_table(rows, {**BASELINE_LABELS, **MODEL_LABELS}, interval=False)
-    spec = SPLITS[split]
+    spec = templates.SPLITS[split]
     choice = (
         "set by --patch-size"
         if args.patch_size
@@ -203,9 +193,55 @@ def _parse_overrides(parser: argparse.ArgumentParser, pairs: list[str]) -> dict:
     return overrides
 
 
-def main(argv: list[str] | None = None) -> int:
+def _header(args: argparse.Namespace, argv, results: dict, seconds: float) -> tuple[list[str], list]:
+    """The document's head: command, data, rows, metrics and the requirement's verdict."""
+    members, requirement, labels = templates.SPM_MEMBERS, templates.SPM_REQUIREMENT, templates.SPM_LABELS
+    command = " ".join(["python benchmarks/real_case.py", *(sys.argv[1:] if argv is None else argv)]).strip()
+    checks = [(split, model, v) for split, r in results.items() for model, v in r["verdicts"].items()]
+    losses = [f"{MODEL_LABELS[m]} on `{s}`" for s, m, v in checks if not v["better_than_population_mean"]]
+    inputs = "whole-head (not skull-stripped)" if args.whole_head else "skull-stripped"
+    lines = [
+        "# Results: a real-image case on SPM's population templates",
+        "",
+        f"Produced by `{command}` (seed {args.seed}) in {seconds / 60:.1f} min on this machine (2 CPU cores, no "
+        "GPU). Generated file: rerun the command to refresh it.",
+        "",
+        f"- Data: `{requirement}` from PyPI (GPL-2), fetched at run time and cached, never committed. Inputs: "
+        f"{', '.join(members[k] for k in INPUT_KEYS)} (ICBM-152 linear averages of the same 152 subjects, "
+        f"2 mm), {inputs}; target: `{members['pet']}` (H2(15)O PET, mean of 12 other subjects, 8 mm smoothed), "
+        f"zero outside `{members['brainmask']}` > 0.5, which every datalist entry carries as its `mask`. All on "
+        "one 2 mm MNI grid. **These are real templates (population averages), not real subjects**, and the PET "
+        "comes from other people than the MRI: the case tests MRI → PET translation on real image statistics, not "
+        "subject-level prediction.",
+        "- The bundle (and the baselines) scale each input inside the datalist's brain mask and set it to zero "
+        "outside, so whole-head and skull-stripped inputs give the models the same numbers once the mask is in the "
+        "datalist; what whole-head inputs test is that the pipeline takes them.",
+        "- Splits in space (one brain, so one test volume per split: no spread, no interval). Each split trains on "
+        "one side of a guard band (the volume cropped there) and scores the brain on the other side; inputs are "
+        "scaled inside the whole brain at test time, as the bundle's inference does. `superior_inferior` and "
+        "`anterior_posterior` put anatomy in the scored region that the training region does not contain at all "
+        f"(counted with SPM's `{labels}`, CC BY-NC, used for counting only); `left_right` is the control.",
+        "- Rows: population mean (the mean PET of the training brain, a constant: one training volume on another "
+        "grid), intensity lookup table and cubic polynomial of the scaled T1/T2/PD (no learning; fitted on the "
+        f"training crop only), then each learned model after {_budget_words(args)} (CPU presets, inputs T1/T2/PD, "
+        "target range [0, 1]).",
+        "- Metrics as in [results.md](results.md): NRMSE (range of the target in the scored mask), PSNR, SSIM, "
+        "RMSE, all inside the scored mask.",
+        "",
+        "Requirement: a trained model is never worse than the population mean on the scored region. "
+        + (
+            f"**Not met: {'; '.join(losses)} {'is' if len(losses) == 1 else 'are'} worse than the population mean.**"
+            if losses
+            else f"Met in all {len(checks)} runs here (NRMSE below the population mean's)."
+        ),
+        "",
+    ]
+    return lines, checks
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS))
+    parser.add_argument("--splits", nargs="+", default=list(templates.SPLITS), choices=list(templates.SPLITS))
     parser.add_argument(
         "--whole-head",
         action=argparse.BooleanOptionalAction,
@@ -246,51 +282,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.iterations is None and args.minutes <= 0:
         parser.error("--minutes must be > 0")
 
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     start = time.perf_counter()
     docs = Path(args.docs).absolute()
     results = {split: run_split(split, args, docs) for split in args.splits}
     seconds = time.perf_counter() - start
 
-    command = " ".join(["python benchmarks/real_case.py", *(sys.argv[1:] if argv is None else argv)]).strip()
-    checks = [(split, model, v) for split, r in results.items() for model, v in r["verdicts"].items()]
-    losses = [f"{MODEL_LABELS[m]} on `{s}`" for s, m, v in checks if not v["better_than_population_mean"]]
-    inputs = "whole-head (not skull-stripped)" if args.whole_head else "skull-stripped"
-    lines = [
-        "# Results: a real-image case on SPM's population templates",
-        "",
-        f"Produced by `{command}` (seed {args.seed}) in {seconds / 60:.1f} min on this machine (2 CPU cores, no "
-        "GPU). Generated file: rerun the command to refresh it.",
-        "",
-        f"- Data: `{SPM_REQUIREMENT}` from PyPI (GPL-2), fetched at run time and cached, never committed. Inputs: "
-        f"{', '.join(SPM_MEMBERS[k] for k in INPUT_KEYS)} (ICBM-152 linear averages of the same 152 subjects, "
-        f"2 mm), {inputs}; target: `{SPM_MEMBERS['pet']}` (H2(15)O PET, mean of 12 other subjects, 8 mm smoothed), "
-        f"zero outside `{SPM_MEMBERS['brainmask']}` > 0.5, which every datalist entry carries as its `mask`. All on "
-        "one 2 mm MNI grid. **These are real templates (population averages), not real subjects**, and the PET "
-        "comes from other people than the MRI: the case tests MRI → PET translation on real image statistics, not "
-        "subject-level prediction.",
-        "- The bundle (and the baselines) scale each input inside the datalist's brain mask and set it to zero "
-        "outside, so whole-head and skull-stripped inputs give the models the same numbers once the mask is in the "
-        "datalist; what whole-head inputs test is that the pipeline takes them.",
-        "- Splits in space (one brain, so one test volume per split: no spread, no interval). Each split trains on "
-        "one side of a guard band (the volume cropped there) and scores the brain on the other side; inputs are "
-        "scaled inside the whole brain at test time, as the bundle's inference does. `superior_inferior` and "
-        "`anterior_posterior` put anatomy in the scored region that the training region does not contain at all "
-        f"(counted with SPM's `{SPM_LABELS}`, CC BY-NC, used for counting only); `left_right` is the control.",
-        "- Rows: population mean (the mean PET of the training brain, a constant: one training volume on another "
-        "grid), intensity lookup table and cubic polynomial of the scaled T1/T2/PD (no learning; fitted on the "
-        f"training crop only), then each learned model after {_budget_words(args)} (CPU presets, inputs T1/T2/PD, "
-        "target range [0, 1]).",
-        "- Metrics as in [results.md](results.md): NRMSE (range of the target in the scored mask), PSNR, SSIM, "
-        "RMSE, all inside the scored mask.",
-        "",
-        "Requirement: a trained model is never worse than the population mean on the scored region. "
-        + (
-            f"**Not met: {'; '.join(losses)} {'is' if len(losses) == 1 else 'are'} worse than the population mean.**"
-            if losses
-            else f"Met in all {len(checks)} runs here (NRMSE below the population mean's)."
-        ),
-        "",
-    ]
+    lines, checks = _header(args, argv, results, seconds)
     for result in results.values():
         lines += result["lines"]
     atomic_write_text(docs / "results_real.md", "\n".join(lines) + "\n")

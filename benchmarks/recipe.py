@@ -22,21 +22,19 @@ import sys
 import time
 from pathlib import Path
 
-from custom_nets.comparison import BASELINE_LABELS, ORACLE_LABEL, markdown_table, run_baselines, run_oracle
-from custom_nets.evaluate import evaluate_predictions, paired_difference
-from custom_nets.experiments import CONFIGS, RunSettings, train_and_infer
+from custom_nets.datasets.phantom.dataset import synthetic_datalist
+from custom_nets.evaluation.comparison import BASELINE_LABELS, ORACLE_LABEL, best_baseline, markdown_table
+from custom_nets.evaluation.evaluate import paired_difference
+from custom_nets.evaluation.pipeline import RunSettings, compare, run_models
 from custom_nets.io import atomic_write_text
-from custom_nets.phantom.dataset import generate_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "bundle"
+LABELS = {"oracle": ORACLE_LABEL, **BASELINE_LABELS, "scgan": "SC-GAN"}
 SPLIT = (0.65, 0.05, 0.30)
 
 
-def _task(task: str) -> dict:
-    return json.loads((CONFIGS / "tasks" / f"{task}.json").read_text(encoding="utf-8"))
-
-
-def main(argv: list[str] | None = None) -> int:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="+", default=["pet", "fa", "md"])
     parser.add_argument("--minutes", type=float, default=15.0, help="training budget per task (wall clock)")
@@ -47,13 +45,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"), help="where recipe.md goes ('' for none)")
     parser.add_argument("--overrides", default="{}", help="JSON of config ids to change (screening a lever)")
     parser.add_argument("--name", default="scgan", help="run folder name (one per set of overrides)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
     overrides = json.loads(args.overrides)
-    data = Path(args.data).absolute()
-    datalist = data / "datalist.json"
-    if not datalist.is_file():
-        print(f"generating {args.subjects} synthetic subjects (seed {args.seed}, split {SPLIT}) in {data}")
-        generate_dataset(data, subjects=args.subjects, seed=args.seed, progress=False, fractions=SPLIT)
+    datalist = synthetic_datalist(args.data, args.subjects, args.seed, SPLIT)
     content = json.loads(datalist.read_text(encoding="utf-8"))
     # the default command's patch and batch: only the budget differs
     settings = RunSettings(minutes=args.minutes, patch_size=None, batch_size=None, num_samples=None, seed=args.seed)
@@ -62,21 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     report: dict = {"settings": dict(settings), "overrides": overrides, "tasks": {}}
     for task in args.tasks:
-        target_key, input_keys = _task(task)["target_key"], _task(task)["input_keys"]
-        rows = {"oracle": run_oracle(datalist, out / task / "oracle", target_key)}
-        rows.update(run_baselines(datalist, out / task / "baselines", target_key, input_keys))
-        print(f"[{task}] training SC-GAN for {args.minutes} min", flush=True)
-        run = train_and_infer(
-            task, [], datalist, out / task / args.name, settings, overrides=overrides, model_selection=True
-        )
-        scores = evaluate_predictions(
-            run["predictions"], datalist, target_key, "test", out / task / args.name / "scores"
-        )
-        rows["scgan"] = {"run": run, "scores": scores}
-        best = min(BASELINE_LABELS, key=lambda n: rows[n]["scores"]["summary"]["nrmse"]["mean"])
-        versus = paired_difference(scores, rows[best]["scores"])
-        report["tasks"][task] = {"rows": rows, "best_baseline": best, "versus_best": versus}
-        print("\n".join(markdown_table(rows, {"oracle": ORACLE_LABEL, **BASELINE_LABELS, "scgan": "SC-GAN"}, True)))
+        # the run folder is named by --name (one per set of overrides); model selection as the default command does
+        entry = compare(BUNDLE, task, datalist, out / task, settings, [], oracle=True)
+        entry["rows"].update(
+            run_models(BUNDLE, task, ["scgan"], datalist, out / task / args.name, settings, overrides=overrides,
+                       model_selection=True)
+        )  # fmt: skip
+        rows, run = entry["rows"], entry["rows"]["scgan"]["run"]
+        entry["best_baseline"] = best = best_baseline(rows)
+        entry["versus_best"] = versus = paired_difference(rows["scgan"]["scores"], rows[best]["scores"])
+        report["tasks"][task] = entry
+        print("\n".join(markdown_table(rows, LABELS, True)))
         print(
             f"[{task}] SC-GAN − {best}: NRMSE {versus['mean']:+.4f} [{versus['ci95_low']:+.4f}, "
             f"{versus['ci95_high']:+.4f}] ({100 * versus['relative']:+.1f} %), {run['iterations']} iterations",
@@ -85,31 +79,31 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
     if args.docs:
         atomic_write_text(Path(args.docs) / "recipe.md", _markdown(report, content, args, seconds))
-    print(
-        json.dumps(
-            {
-                "benchmark": "recipe",
-                "minutes_per_task": args.minutes,
-                "seed": args.seed,
-                "overrides": overrides,
-                "test_subjects": len(content["test"]),
-                "tasks": {
-                    task: {
-                        "nrmse": {n: round(r["scores"]["summary"]["nrmse"]["mean"], 5) for n, r in e["rows"].items()},
-                        "iterations": e["rows"]["scgan"]["run"]["iterations"],
-                        "best_baseline": e["best_baseline"],
-                        "relative_to_best": round(e["versus_best"]["relative"], 4),
-                        "difference_ci95": [
-                            round(e["versus_best"]["ci95_low"], 5),
-                            round(e["versus_best"]["ci95_high"], 5),
-                        ],
-                    }
-                    for task, e in report["tasks"].items()
-                },
-            }
-        )
-    )
+    print(json.dumps(_summary(report, args, content)))
     return 0
+
+
+def _summary(report: dict, args: argparse.Namespace, content: dict) -> dict:
+    return {
+        "benchmark": "recipe",
+        "minutes_per_task": args.minutes,
+        "seed": args.seed,
+        "overrides": report["overrides"],
+        "test_subjects": len(content["test"]),
+        "tasks": {
+            task: {
+                "nrmse": {n: round(r["scores"]["summary"]["nrmse"]["mean"], 5) for n, r in e["rows"].items()},
+                "iterations": e["rows"]["scgan"]["run"]["iterations"],
+                "best_baseline": e["best_baseline"],
+                "relative_to_best": round(e["versus_best"]["relative"], 4),
+                "difference_ci95": [
+                    round(e["versus_best"]["ci95_low"], 5),
+                    round(e["versus_best"]["ci95_high"], 5),
+                ],
+            }
+            for task, e in report["tasks"].items()
+        },
+    }
 
 
 def _markdown(report: dict, content: dict, args, seconds: float) -> str:
@@ -124,7 +118,7 @@ def _markdown(report: dict, content: dict, args, seconds: float) -> str:
         f"Produced by `{command}` (seed {args.seed}; {seconds / 60:.0f} min in all) on this machine (2 CPU cores). "
         "Generated file.",
         "",
-        f"- Data: {args.subjects} synthetic subjects (`custom_nets.phantom`, seed {args.seed}, split "
+        f"- Data: {args.subjects} synthetic subjects (`custom_nets.datasets.phantom`, seed {args.seed}, split "
         f"{len(content['training'])} training / {len(content['validation'])} validation / {len(content['test'])} "
         "test by subject).",
         f"- SC-GAN: the bundle's default command, `train.json` + `tasks/<task>.json`, with only "
@@ -138,8 +132,8 @@ def _markdown(report: dict, content: dict, args, seconds: float) -> str:
     for task, entry in report["tasks"].items():
         rows, versus, run = entry["rows"], entry["versus_best"], entry["rows"]["scgan"]["run"]
         verdict = "beats" if versus["ci95_high"] < 0 else "loses to" if versus["ci95_low"] > 0 else "ties"
-        lines += [f"## {task.upper()} (target `{_task(task)['target_key']}`)", ""]
-        lines += markdown_table(rows, {"oracle": ORACLE_LABEL, **BASELINE_LABELS, "scgan": "SC-GAN"}, interval=True)
+        lines += [f"## {task.upper()} (target `{entry['target_key']}`)", ""]
+        lines += markdown_table(rows, LABELS, interval=True)
         lines += [
             "",
             f"SC-GAN ({run['iterations']} iterations in {run['train_seconds'] / 60:.1f} min) **{verdict}** the best "

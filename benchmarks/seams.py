@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from custom_nets.data import entry_id
-from custom_nets.evaluate import evaluate_predictions, find_prediction
-from custom_nets.experiments import CONFIGS
+from custom_nets.data import resolve, split_entries
+from custom_nets.evaluation.evaluate import evaluate_predictions, find_prediction
+from custom_nets.evaluation.pipeline import bundle_workflow
 from custom_nets.io import load_volume
 from custom_nets.metrics import seam_ratios
 
+BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
 SETTINGS = {  # name: inference.json overrides
     "Gaussian σ 0.125, overlap 0.25 (the former default)": {"sw_mode": "gaussian", "sw_overlap": 0.25},
     "Gaussian σ 0.25, overlap 0.5": {"sw_mode": "gaussian", "sw_overlap": 0.5, "sw_sigma_scale": 0.25},
@@ -37,14 +38,11 @@ SETTINGS = {  # name: inference.json overrides
 
 
 def measure(run: Path, task: str, datalist: Path, name: str, overrides: dict, extra: dict) -> dict:
-    from monai.bundle import ConfigWorkflow
-
     out = run / "seams" / name.split(" (")[0].replace(" ", "_").replace(",", "").replace("σ_", "")
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / "inference.json"), str(CONFIGS / "tasks" / f"{task}.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="infer",
+    workflow = bundle_workflow(
+        BUNDLE,
+        "inference.json",
+        [BUNDLE / "configs" / "tasks" / f"{task}.json"],
         bundle_root=str(run),
         datalist=str(datalist),
         output_dir=str(out),
@@ -61,11 +59,10 @@ def measure(run: Path, task: str, datalist: Path, name: str, overrides: dict, ex
     workflow.finalize()
     scores = evaluate_predictions(out, datalist, target_key, "test")
     worst = []
-    entries = json.loads(datalist.read_text(encoding="utf-8"))["test"]
-    ids = [entry_id(entry, index) for index, entry in enumerate(entries)]
-    for name, entry in zip(ids, entries):
-        prediction = load_volume(find_prediction(out, name, ids))[0]
-        mask = load_volume(datalist.parent / entry["mask"])[0] > 0
+    entries = split_entries(datalist, "test")
+    for name, entry in entries.items():
+        prediction = load_volume(find_prediction(out, name, list(entries)))[0]
+        mask = load_volume(resolve(datalist, entry, "mask", name))[0] > 0
         # borders of the windows used; for one window, those of the default 64³ windows (where seams were)
         planes = ((64, 64, 64), 0.5) if all(r >= s for r, s in zip(roi, prediction.shape)) else (roi, overlap)
         ratios = seam_ratios(torch.from_numpy(prediction), torch.from_numpy(mask), *planes)

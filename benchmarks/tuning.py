@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from custom_nets.comparison import model_overlays, run_baselines
-from custom_nets.data import entry_id
-from custom_nets.evaluate import evaluate_predictions, find_prediction, paired_difference
-from custom_nets.experiments import RunSettings, train_and_infer
+from custom_nets.data import resolve, split_entries
+from custom_nets.datasets.phantom.dataset import synthetic_datalist
+from custom_nets.evaluation.evaluate import evaluate_predictions, find_prediction, paired_difference
+from custom_nets.evaluation.pipeline import RunSettings, model_overlays, run_baselines, task_settings, train_and_infer
 from custom_nets.io import atomic_write_text, load_volume
 
 ROOT = Path(__file__).resolve().parent.parent
+BUNDLE = ROOT / "bundle"
 DEFAULTS = "SC-GAN without the per-voxel prior (the paper's inputs)"
 VARIANTS = {  # name: (model, config overrides); each lever against the first row; the most informative first
     DEFAULTS: ("scgan", {"per_voxel_prior": False}),
@@ -60,13 +61,12 @@ def _load(path) -> np.ndarray:
 
 def offset_share(pred_dir: Path, datalist: Path, target_key: str) -> float:
     """Share of the test MSE (pooled over subjects) that is each subject's mean error in the brain."""
-    entries = json.loads(datalist.read_text(encoding="utf-8"))["test"]
-    ids = [entry_id(entry, index) for index, entry in enumerate(entries)]
+    entries = split_entries(datalist, "test")
     total = offset = 0.0
-    for name, entry in zip(ids, entries):
-        pred = _load(find_prediction(pred_dir, name, ids))
-        mask = _load(datalist.parent / entry["mask"]) > 0
-        error = (pred - _load(datalist.parent / entry[target_key]))[mask]
+    for name, entry in entries.items():
+        pred = _load(find_prediction(pred_dir, name, list(entries)))
+        mask = _load(resolve(datalist, entry, "mask", name)) > 0
+        error = (pred - _load(resolve(datalist, entry, target_key, name)))[mask]
         total += float((error**2).mean())
         offset += float(error.mean() ** 2)
     return offset / total
@@ -95,7 +95,7 @@ def _findings(rows: dict, lookup: float) -> list[str]:
     return lines + [""]
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="pet")
     parser.add_argument("--iterations", type=int, default=300)
@@ -104,57 +104,10 @@ def main() -> int:
     parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", type=int, nargs="+", help="indices of VARIANTS to run (default: all)")
-    args = parser.parse_args()
-    data = Path(args.data).absolute()
-    datalist = data / "datalist.json"
-    if not datalist.is_file():
-        from custom_nets.phantom.dataset import generate_dataset
+    return parser.parse_args()
 
-        generate_dataset(data, subjects=40, seed=args.seed, fractions=(0.65, 0.05, 0.30), progress=False)
-    task_config = json.loads((ROOT / "bundle" / "configs" / "tasks" / f"{args.task}.json").read_text(encoding="utf-8"))
-    target_key, input_keys = task_config["target_key"], task_config["input_keys"]
-    out = Path(args.out).absolute() / f"{args.task}_{args.iterations}it_seed{args.seed}"
 
-    start = time.perf_counter()
-    rows = {}
-    baselines = run_baselines(datalist, out / "baselines", target_key, input_keys)
-    for name in ("intensity_lookup", "cubic_polynomial"):
-        folder = Path(baselines[name]["predictions"])
-        rows[name] = {"nrmse": baselines[name]["scores"]["summary"]["nrmse"]["mean"], "seconds_per_iteration": None}
-        rows[name]["versus_defaults"] = None
-        rows[name]["offset_share"] = offset_share(folder, datalist, target_key)
-    scores_of = {}
-    for index, (name, (model, overrides)) in enumerate(VARIANTS.items()):
-        if args.variants is not None and index not in args.variants and index != 0:
-            continue
-        # train.json's patches and batches (64³, 1 subject × 2 patches) and its inference settings
-        settings = RunSettings(
-            iterations=args.iterations,
-            patch_size=None,
-            batch_size=None,
-            num_samples=None,
-            sw_overlap=None,
-            seed=args.seed,
-        )
-        print(f"[{args.task}] {name}", flush=True)
-        run = train_and_infer(
-            args.task, model_overlays(model), datalist, out / f"variant{index}", settings, overrides=overrides
-        )
-        scores = scores_of[name] = evaluate_predictions(run["predictions"], datalist, target_key, "test")
-        versus = paired_difference(scores, scores_of[DEFAULTS]) if name != DEFAULTS else None
-        rows[name] = {
-            "versus_defaults": versus,
-            "nrmse": scores["summary"]["nrmse"]["mean"],
-            "seconds_per_iteration": run["seconds_per_iteration"],
-            "offset_share": offset_share(Path(run["predictions"]), datalist, target_key),
-        }
-        print(f"  NRMSE {rows[name]['nrmse']:.4f}", flush=True)
-    seconds = time.perf_counter() - start
-    recorded = sum(
-        record["train_seconds"] + record["infer_seconds"]
-        for record in (json.loads(path.read_text(encoding="utf-8")) for path in out.glob("variant*/run.json"))
-    )
-
+def _markdown(rows: dict, args: argparse.Namespace, recorded: float, seconds: float) -> tuple[list[str], list[str]]:
     lookup = rows["intensity_lookup"]["nrmse"]
     table = [
         "| model | NRMSE | vs lookup table | vs defaults: paired ΔNRMSE [95 % CI] | offset share of MSE "
@@ -194,6 +147,53 @@ def main() -> int:
         "",
         *_findings(rows, lookup),
     ]
+    return table, lines
+
+
+def main() -> int:
+    args = _arguments()
+    datalist = synthetic_datalist(args.data, 40, args.seed, (0.65, 0.05, 0.30))
+    task = task_settings(BUNDLE, args.task)
+    target_key, input_keys = task["target_key"], task["input_keys"]
+    out = Path(args.out).absolute() / f"{args.task}_{args.iterations}it_seed{args.seed}"
+    # train.json's patches and batches (64³, 1 subject × 2 patches) and its inference settings
+    settings = RunSettings(
+        iterations=args.iterations, patch_size=None, batch_size=None, num_samples=None, sw_overlap=None, seed=args.seed
+    )
+
+    start = time.perf_counter()
+    rows = {}
+    baselines = run_baselines(datalist, out / "baselines", target_key, input_keys)
+    for name in ("intensity_lookup", "cubic_polynomial"):
+        folder = Path(baselines[name]["predictions"])
+        rows[name] = {"nrmse": baselines[name]["scores"]["summary"]["nrmse"]["mean"], "seconds_per_iteration": None}
+        rows[name]["versus_defaults"] = None
+        rows[name]["offset_share"] = offset_share(folder, datalist, target_key)
+    scores_of = {}
+    for index, (name, (model, overrides)) in enumerate(VARIANTS.items()):
+        if args.variants is not None and index not in args.variants and index != 0:
+            continue
+        print(f"[{args.task}] {name}", flush=True)
+        overlays = model_overlays(BUNDLE, model)
+        run = train_and_infer(
+            BUNDLE, args.task, overlays, datalist, out / f"variant{index}", settings, overrides=overrides
+        )
+        scores = scores_of[name] = evaluate_predictions(run["predictions"], datalist, target_key, "test")
+        versus = paired_difference(scores, scores_of[DEFAULTS]) if name != DEFAULTS else None
+        rows[name] = {
+            "versus_defaults": versus,
+            "nrmse": scores["summary"]["nrmse"]["mean"],
+            "seconds_per_iteration": run["seconds_per_iteration"],
+            "offset_share": offset_share(Path(run["predictions"]), datalist, target_key),
+        }
+        print(f"  NRMSE {rows[name]['nrmse']:.4f}", flush=True)
+    seconds = time.perf_counter() - start
+    recorded = sum(
+        record["train_seconds"] + record["infer_seconds"]
+        for record in (json.loads(path.read_text(encoding="utf-8")) for path in out.glob("variant*/run.json"))
+    )
+
+    table, lines = _markdown(rows, args, recorded, seconds)
     atomic_write_text(
         Path(args.docs) / ("tuning.md" if args.task == "pet" else f"tuning_{args.task}.md"), "\n".join(lines) + "\n"
     )

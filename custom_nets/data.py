@@ -1,28 +1,115 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Datalist → training items, validated at the entry point (the bundle's dataset ``data``)."""
+"""The datalist, in one place: its schema (MONAI's decathlon format), entry ids, file resolution, the subject-level
+split, and the bundle's training items, validated at the entry point."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from custom_nets.io import read_json
 
-__all__ = ["load_items", "entry_id", "DATALIST_HINT"]
+__all__ = ["DATALIST_HINT", "read_datalist", "entry_id", "split_entries", "resolve", "split_subjects", "load_items"]
 
-DATALIST_HINT = "generate one with python -m custom_nets.phantom or python -m custom_nets.datalist."
+DATALIST_HINT = "generate one with python -m custom_nets.datasets.phantom or python -m custom_nets.datasets.folders."
+
+
+def read_datalist(datalist: str | Path) -> dict:
+    """The datalist's content, MONAI's decathlon format: ``{"training": [entry, ...], "validation": [...],
+    "test": [...]}``, each entry a dict of keys to file paths (relative to the datalist's folder, or absolute) plus
+    optional ``id``, ``subject`` and ``session``.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: it is not JSON, or not an object of lists of objects; the message names the file and the list.
+    """
+    datalist = Path(datalist)
+    content = read_json(datalist, "datalist", DATALIST_HINT)
+    if not isinstance(content, dict):
+        raise ValueError(f"datalist {datalist}: expected a JSON object of lists, got {type(content).__name__}.")
+    for split, entries in content.items():
+        if isinstance(entries, list) and not all(isinstance(e, dict) for e in entries):
+            raise ValueError(f"datalist {datalist}, '{split}': every entry must be a JSON object of keys to files.")
+    return content
 
 
 def entry_id(entry: Mapping, index: int = 0) -> str:
-    """The id of a datalist entry, unique within its datalist: ``id`` when given (``custom_nets.datalist`` writes
-    ``<subject>`` or ``<subject>_<session>``), else ``subject`` with ``_<session>`` when a ``session`` is given, else
-    ``entry-<index>``. Outputs (predictions, metrics rows) are named by it."""
+    """The id of a datalist entry, unique within its datalist: ``id`` when given (``custom_nets.datasets.folders``
+    writes ``<subject>`` or ``<subject>_<session>``), else ``subject`` with ``_<session>`` when a ``session`` is given,
+    else ``entry-<index>``. Outputs (predictions, metrics rows) are named by it."""
     if entry.get("id") not in (None, ""):
         return str(entry["id"])
     if entry.get("subject") not in (None, ""):
         session = entry.get("session")
         return f"{entry['subject']}_{session}" if session not in (None, "") else str(entry["subject"])
     return f"entry-{index}"
+
+
+def split_entries(datalist: str | Path, split: str, content: dict | None = None) -> dict[str, dict]:
+    """``{entry id: entry}`` of one split, in datalist order (``content``: the already read datalist).
+
+    Raises:
+        ValueError: the split is missing or empty, or two entries share an id; the message names the datalist.
+    """
+    content = read_datalist(datalist) if content is None else content
+    if split not in content:
+        raise ValueError(f"datalist {datalist} has no '{split}' list (it has: {sorted(content)}).")
+    if not content[split]:
+        raise ValueError(f"datalist {datalist}: the '{split}' list is empty.")
+    entries: dict[str, dict] = {}
+    first_index: dict[str, int] = {}
+    for index, entry in enumerate(content[split]):
+        name = entry_id(entry, index)
+        if name in entries:
+            raise ValueError(
+                f"datalist {datalist}, '{split}': entries {first_index[name]} and {index} share the id {name!r}; give "
+                "each entry a unique 'id' (e.g. <subject>_<session>), since outputs are named by it."
+            )
+        entries[name], first_index[name] = entry, index
+    return entries
+
+
+def resolve(datalist: str | Path, entry: Mapping, key: str, name: str = "", base_dir: str | Path | None = None) -> Path:
+    """The file of ``entry[key]``: absolute as written, or relative to ``base_dir`` (default: the datalist's folder).
+
+    Raises:
+        ValueError: the entry has no ``key`` (the message lists the keys it has).
+        FileNotFoundError: the file does not exist; the message names the datalist, entry ``name``, key and file.
+    """
+    where = f"datalist {datalist}, entry {name or entry_id(entry)}"
+    if key not in entry:
+        raise ValueError(f"{where}: missing key '{key}'; the entry has {sorted(entry)}.")
+    file = Path(entry[key])
+    file = file if file.is_absolute() else Path(base_dir if base_dir is not None else Path(datalist).parent) / file
+    if not file.exists():
+        raise FileNotFoundError(f"{where}, key '{key}': {file} does not exist.")
+    return file
+
+
+def split_subjects(subjects: Sequence[str], seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict:
+    """Subject-level training/validation/test split by a seeded permutation; validation and test get at least one
+    subject each when there are three or more subjects and their fraction is not 0.
+
+    Raises:
+        ValueError: ``fractions`` are not three non-negative numbers summing to 1.
+    """
+    if len(fractions) != 3 or not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
+        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}.")
+    unique = sorted(set(subjects))
+    order = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
+    n = len(order)
+    n_val, n_test = int(round(fractions[1] * n)), int(round(fractions[2] * n))
+    if n >= 3:
+        n_val = max(n_val, int(fractions[1] > 0))
+        n_test = max(n_test, int(fractions[2] > 0))
+    n_train = n - n_val - n_test
+    return {
+        "training": sorted(order[:n_train]),
+        "validation": sorted(order[n_train : n_train + n_val]),
+        "test": sorted(order[n_train + n_val :]),
+    }
 
 
 def load_items(
@@ -35,30 +122,16 @@ def load_items(
     limit: int | None = None,
 ) -> list[dict]:
     """Items ``{"image": [input files], "label": target file, "mask": mask file, "id": entry id}`` of one split
-    (``entry_id``; ids must be unique).
+    (the bundle's dataset ``data``; ``split_entries``, ``resolve``).
 
     Raises a ValueError naming the datalist, split, entry and key when a key is missing, or a FileNotFoundError naming
     the file when a path does not exist. ``mask_key`` is used when present in an entry (the transforms derive a mask
     otherwise); ``base_dir`` defaults to the datalist's folder.
     """
-    datalist = Path(datalist)
-    content = read_json(datalist, "datalist", DATALIST_HINT)
-    if split not in content:
-        raise ValueError(f"datalist {datalist} has no '{split}' list (it has: {sorted(content)}).")
-    if not content[split]:
-        raise ValueError(f"datalist {datalist}: the '{split}' list is empty.")
-    base = Path(base_dir) if base_dir is not None else datalist.parent
     if isinstance(input_keys, str):
         input_keys = [input_keys]
-    items, seen = [], {}
-    for index, entry in enumerate(content[split][:limit]):
-        name = entry_id(entry, index)
-        if name in seen:
-            raise ValueError(
-                f"datalist {datalist}, '{split}': entries {seen[name]} and {index} share the id {name!r}; give each "
-                "entry a unique 'id' (e.g. <subject>_<session>), since outputs are named by it."
-            )
-        seen[name] = index
+    items = []
+    for name, entry in list(split_entries(datalist, split).items())[:limit]:
         needed = list(input_keys) + ([target_key] if target_key else [])
         missing = [key for key in needed if key not in entry]
         if missing:
@@ -66,20 +139,13 @@ def load_items(
                 f"datalist {datalist}, '{split}' entry {name}: missing key(s) {missing}; the entry has "
                 f"{sorted(entry)}. Set input_keys / target_key to keys the datalist has."
             )
-
-        def path(key: str) -> str:
-            file = Path(entry[key])
-            file = file if file.is_absolute() else base / file
-            if not file.exists():
-                raise FileNotFoundError(
-                    f"datalist {datalist}, '{split}' entry {name}, key '{key}': {file} does not exist."
-                )
-            return str(file)
-
-        item = {"image": [path(k) for k in input_keys], "id": str(name)}
+        item = {
+            "image": [str(resolve(datalist, entry, k, f"{name} ('{split}')", base_dir)) for k in input_keys],
+            "id": name,
+        }
         if target_key:
-            item["label"] = path(target_key)
+            item["label"] = str(resolve(datalist, entry, target_key, f"{name} ('{split}')", base_dir))
         if mask_key and mask_key in entry:
-            item["mask"] = path(mask_key)
+            item["mask"] = str(resolve(datalist, entry, mask_key, f"{name} ('{split}')", base_dir))
         items.append(item)
     return items

@@ -22,12 +22,14 @@ from torch.utils.data import Dataset, IterableDataset
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from custom_nets.io import atomic_torch_save, read_checkpoint, remove_stale_temporaries
+from custom_nets.trainer import GanKeys
 
 __all__ = [
     "TimeBudget",
     "CosineSchedule",
     "ResumeCheckpoint",
     "AtomicCheckpointSaver",
+    "FinalWeightsSaver",
     "CheckedCheckpointLoader",
     "MidSliceImageHandler",
 ]
@@ -438,14 +440,28 @@ def _saver_state(saver: Any) -> dict[str, dict[str, list]]:
     }
 
 
-LOSS_KEYS = ("g_loss", "d_loss", "adv", "fm", "l1", "rmse")
-
-
 def training_losses(output: Any) -> dict[str, float]:
     """The loss terms of a ``ConditionalGanTrainer`` output, decollated (a list of per-sample dicts, as MONAI's
     trackers expect) or not (one dict): the ``output_transform`` of the stats, TensorBoard and tracking handlers."""
     item = output[0] if isinstance(output, list) else output
-    return {key: float(item[key]) for key in LOSS_KEYS if key in item}
+    return {key: float(item[key]) for key in GanKeys.LOSSES if key in item}
+
+
+class FinalWeightsSaver:
+    """At the end of training (ignite ``Events.COMPLETED``), save ``network``'s flat state dict (CPU tensors) to
+    ``path`` atomically: the weights a fixed-budget comparison scores, where no validation selects a model
+    (``custom_nets.evaluation.pipeline``). An empty ``path`` saves nothing. Rank 0 only under DDP."""
+
+    def __init__(self, path: str | os.PathLike, network: torch.nn.Module) -> None:
+        self.path, self.network = str(path), network
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.COMPLETED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        if self.path and _rank() == 0:
+            network = getattr(self.network, "module", self.network)  # a DDP wrapper saves its module's names
+            atomic_torch_save(self.path, _on_cpu(network.state_dict()))
 
 
 class MidSliceImageHandler:

@@ -10,6 +10,7 @@ coefficients are stored beside the weights (``models/prior_<task>.json``) and in
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -19,22 +20,47 @@ from monai.transforms import MapTransform
 
 from custom_nets.io import atomic_write_json, read_json
 
-__all__ = ["fit_prior", "load_prior", "load_or_fit_prior", "AppendPriord"]
+__all__ = ["CubicPolynomial", "fit_prior", "load_prior", "load_or_fit_prior", "AppendPriord"]
 
 PRIOR_FORMAT = "scgan-per-voxel-prior/1"
 
 
+class CubicPolynomial:
+    """Least-squares polynomial of degree ``degree`` (with cross terms) of the input intensities, fitted on brain
+    voxels: ``fit(inputs [(C, N)], targets [volumes], masks [volumes])``, ``predict(inputs (C, N), mask)`` → volume.
+    The per-voxel prior and the cubic-polynomial baseline (``custom_nets.evaluation.baselines``)."""
+
+    def __init__(self, degree: int = 3) -> None:
+        self.degree = degree
+
+    def _features(self, x: np.ndarray) -> np.ndarray:
+        columns = [np.ones(x.shape[1])]
+        for order in range(1, self.degree + 1):
+            for combination in itertools.combinations_with_replacement(range(x.shape[0]), order):
+                columns.append(np.prod(x[list(combination)], axis=0))
+        return np.stack(columns, axis=1)
+
+    def fit(self, inputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray]) -> "CubicPolynomial":
+        x = np.concatenate(inputs, axis=1)
+        y = np.concatenate([t[m] for t, m in zip(targets, masks)])
+        self.coefficients, *_ = np.linalg.lstsq(self._features(x), y, rcond=None)
+        return self
+
+    def predict(self, inputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        out = np.zeros(mask.shape)
+        out[mask] = self._features(inputs) @ self.coefficients
+        return out
+
+
 def fit_prior(items: Sequence[Mapping], transforms: Sequence, input_keys: Sequence[str], normalization: str) -> dict:
-    """Fit ``custom_nets.baselines.CubicPolynomial`` on training ``items`` (``{"image", "label", "mask"?}``, as the
-    bundle's datasets hold them) after ``transforms`` (the bundle's preprocessing without the prior), so the
-    polynomial sees exactly the network's normalised inputs; the target is in the preprocessed [0, 1] scale.
+    """Fit ``CubicPolynomial`` on training ``items`` (``{"image", "label", "mask"?}``, as the bundle's datasets hold
+    them) after ``transforms`` (the bundle's preprocessing without the prior), so the polynomial sees exactly the
+    network's normalised inputs; the target is in the preprocessed [0, 1] scale.
 
     Raises:
         ValueError: no items, or an item without a ``label``.
     """
     from monai.transforms import Compose
-
-    from custom_nets.baselines import CubicPolynomial
 
     if not items:
         raise ValueError("the per-voxel prior needs training items, got none.")
@@ -110,7 +136,6 @@ class AppendPriord(MapTransform):
         super().__init__(keys)
         self.mask_key, self.prior = mask_key, prior
         if prior is not None:
-            from custom_nets.baselines import CubicPolynomial
 
             self.model = CubicPolynomial(int(prior["degree"]))
             self.model.coefficients = np.asarray(prior["coefficients"], dtype=np.float64)

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 
 
 class GanKeys:
+    """Keys of a ``ConditionalGanTrainer`` iteration's output; ``LOSSES`` are the terms the stats handlers log."""
+
     G_LOSS, D_LOSS, ADV, FM, L1, RMSE, D_REAL, D_FAKE = (
         "g_loss",
         "d_loss",
@@ -34,6 +36,7 @@ class GanKeys:
         "d_real",
         "d_fake",
     )
+    LOSSES = (G_LOSS, D_LOSS, ADV, FM, L1, RMSE)
 
 
 def prepare_batch_with_mask(batchdata: dict, device: torch.device, non_blocking: bool = False, **kwargs):
@@ -144,9 +147,9 @@ class ConditionalGanTrainer(Trainer):
             if value < 0:
                 raise ValueError(f"{name} must be non-negative, got {value}.")
         super().__init__(
-            device=device,
-            max_epochs=max_epochs,
-            data_loader=train_data_loader,
+            device,
+            max_epochs,
+            train_data_loader,  # MONAI's Trainer: device, max_epochs, data_loader first
             epoch_length=epoch_length,
             non_blocking=non_blocking,
             prepare_batch=prepare_batch_with_mask,

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from custom_nets.phantom import MODALITIES, NOISE_FREE, generate_dataset
+from custom_nets.datasets.phantom import MODALITIES, NOISE_FREE, generate_dataset
 
 TINY = {
     "network_def#channels": [8, 16, 16],

@@ -15,10 +15,10 @@ import pytest
 import torch
 from monai.transforms import Compose
 
-from custom_nets.baselines import predict_split
 from custom_nets.data import entry_id, load_items
-from custom_nets.datalist import DatalistError, build_datalist
-from custom_nets.evaluate import evaluate_predictions
+from custom_nets.datasets.folders import DatalistError, build_datalist
+from custom_nets.evaluation.baselines import predict_split
+from custom_nets.evaluation.evaluate import evaluate_predictions
 from custom_nets.transforms import SavePredictiond, preprocessing_transforms
 
 KEYS = ("t1w", "flair", "mask", "pet")

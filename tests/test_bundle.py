@@ -268,17 +268,20 @@ def test_unknown_task_in_the_demo(tmp_path):
     from custom_nets.demo import run_demo
 
     with pytest.raises(ValueError, match="unknown task 'ct'"):
-        run_demo(task="ct", data_dir=tmp_path)
+        run_demo(task="ct", data_dir=tmp_path, bundle=BUNDLE)
 
 
 def test_demo_end_to_end_in_brief(tmp_path):
     """The README's main job with a seconds-long budget: data, training, inference, scores and report."""
     from custom_nets.demo import run_demo
 
-    report = run_demo(task="fa", minutes=0.01, data_dir=tmp_path / "data", subjects=5, bundle_root=tmp_path / "out")
-    assert set(report["scores"]) == {"scgan", "population_mean", "intensity_lookup", "cubic_polynomial"}
-    assert all(np.isfinite(v["mean"]["rmse"]) for v in report["scores"].values())
-    assert (tmp_path / "out" / "eval" / "demo_fa" / "report.md").is_file()
+    bundle = tmp_path / "bundle"
+    shutil.copytree(CONFIGS, bundle / "configs")  # outputs go into the bundle folder given
+    report = run_demo(task="fa", minutes=0.01, data_dir=tmp_path / "data", subjects=5, bundle=bundle)
+    assert set(report["nrmse"]) == {"scgan", "population_mean", "intensity_lookup", "cubic_polynomial"}
+    assert all(np.isfinite(v) for v in report["nrmse"].values())
+    assert report["run"]["iterations"] >= 1 and (bundle / "models" / "model_fa.pt").is_file()
+    assert "| SC-GAN |" in (bundle / "eval" / "demo_fa" / "report.md").read_text(encoding="utf-8")
     assert Path(report["figure"]).read_bytes()[:4] == b"\x89PNG"
 
 

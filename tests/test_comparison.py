@@ -5,50 +5,68 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 from conftest import TINY
 
-import custom_nets.realdata as realdata
-from custom_nets.comparison import comparison_figure, markdown_table, model_overlays, run_baselines, run_models
-from custom_nets.experiments import RunSettings
+import custom_nets.datasets.templates as realdata
+from custom_nets.evaluation.comparison import markdown_table
+from custom_nets.evaluation.figures import comparison_figure
+from custom_nets.evaluation.pipeline import RunSettings, compare, model_overlays, run_baselines, task_settings
 from custom_nets.io import sha256_of
 
 TINY_RUN = {**TINY, "discriminator_def#channels": [8, 8, 16, 16]}
+BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
 
 
 def test_equal_budget_runs_are_scored_and_reused(data_dir, tmp_path):
     settings = RunSettings(iterations=3, patch_size=16, batch_size=1, num_samples=1)
     datalist = data_dir / "datalist.json"
-    results = run_models(
-        "fa", ["unet3d", "scgan"], datalist, tmp_path, settings, "fa", overrides=TINY_RUN, log=lambda *_: None
-    )
-    for model, row in results.items():
-        assert row["run"]["iterations"] == 3, model  # 3 training subjects, batch 1: one epoch
-        assert np.isfinite(row["scores"]["summary"]["nrmse"]["mean"])
+    quiet = {"overrides": TINY_RUN, "log": lambda *_: None}
+    result = compare(BUNDLE, "fa", datalist, tmp_path, settings, ["unet3d", "scgan"], **quiet)
+    rows = result["rows"]
+    assert list(rows) == ["population_mean", "intensity_lookup", "cubic_polynomial", "unet3d", "scgan"]
+    for model in ("unet3d", "scgan"):
+        assert rows[model]["run"]["iterations"] == 3, model  # 3 training subjects, batch 1: one epoch
+        assert np.isfinite(rows[model]["scores"]["summary"]["nrmse"]["mean"])
+        # the final weights, written by the config's FinalWeightsSaver handler
         assert (tmp_path / model / "models" / "model_fa.pt").is_file()
-    again = run_models("fa", ["scgan"], datalist, tmp_path, settings, "fa", overrides=TINY_RUN, log=lambda *_: None)
-    assert again["scgan"]["run"]["train_seconds"] == results["scgan"]["run"]["train_seconds"]  # reused, not retrained
+        assert not (tmp_path / model / "final_weights.pt").exists()
+    again = compare(BUNDLE, "fa", datalist, tmp_path, settings, ["scgan"], **quiet)["rows"]
+    assert again["scgan"]["run"]["train_seconds"] == rows["scgan"]["run"]["train_seconds"]  # reused, not retrained
 
-    baselines = run_baselines(datalist, tmp_path / "baselines", "fa", ["t1w", "flair"])
-    table = markdown_table({**baselines, **results}, {})
-    assert len(table) == 2 + 3 + 2 and table[0].startswith("| model | NRMSE")
+    table = markdown_table(rows, {})
+    assert len(table) == 2 + 5 and table[0].startswith("| model | NRMSE")
     assert sum("**" in line for line in table) == 1  # exactly one best row
     figure = comparison_figure(
         tmp_path / "figure.png",
         datalist,
         ["t1w", "flair"],
         "fa",
-        {"lookup": baselines["intensity_lookup"]["predictions"], "scgan": results["scgan"]["run"]["predictions"]},
+        {"lookup": rows["intensity_lookup"]["predictions"], "SC-GAN": rows["scgan"]["predictions"]},
+        "FA",
     )
     assert figure.read_bytes()[:4] == b"\x89PNG"
 
 
-def test_unknown_model_is_named():
+def test_unknown_model_and_task_are_named():
     with pytest.raises(ValueError, match="unknown model 'gan9'"):
-        model_overlays("gan9")
+        model_overlays(BUNDLE, "gan9")
+    with pytest.raises(ValueError, match="unknown task 'ct'"):
+        task_settings(BUNDLE, "ct")
+    with pytest.raises(FileNotFoundError, match="no configs/train.json"):
+        task_settings(BUNDLE / "configs", "pet")
+
+
+def test_task_settings_come_from_the_configs():
+    assert task_settings(BUNDLE, "md", ("target_key", "input_keys", "target_unit")) == {
+        "target_key": "md",
+        "input_keys": ["t1w", "flair"],
+        "target_unit": "10⁻³ mm²/s",
+    }
 
 
 def _fake_spm_wheel(path):

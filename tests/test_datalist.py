@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from custom_nets.datalist import DatalistError, build_datalist
-from custom_nets.datalist import main as datalist_cli
+from custom_nets.datasets.folders import DatalistError, build_datalist
+from custom_nets.datasets.folders import main as datalist_cli
 
 KEYS = {
     "t1w": "anat/*_T1w.nii.gz",

@@ -6,10 +6,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from custom_nets.baselines import predict_split
-from custom_nets.evaluate import evaluate_predictions
-from custom_nets.evaluate import main as evaluate_cli
-from custom_nets.evaluate import summarise
+from custom_nets.evaluation.baselines import predict_split
+from custom_nets.evaluation.evaluate import evaluate_predictions
+from custom_nets.evaluation.evaluate import main as evaluate_cli
+from custom_nets.evaluation.evaluate import summarise
 
 
 def _cohort(root, n=5, seed=0):

@@ -81,6 +81,28 @@ def test_discriminator_and_optimizer_come_together():
         ConditionalGanTrainer("cpu", 1, [], generator, torch.optim.Adam(generator.parameters()), discriminator, None)
 
 
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("d_steps", 0, "d_steps must be at least 1, got 0"),
+        ("lambda_adv", -1.0, "lambda_adv must be non-negative"),
+        ("lambda_fm", -1.0, "lambda_fm must be non-negative"),
+        ("lambda_l1", -0.5, "lambda_l1 must be non-negative"),
+        ("lambda_rmse", -2.0, "lambda_rmse must be non-negative"),
+        ("ema_decay", 1.0, r"ema_decay must be within \[0, 1\)"),
+    ],
+)
+def test_each_bad_option_is_named(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        _trainer(**{option: value})
+
+
+def test_an_iteration_without_data_is_refused():
+    trainer = _trainer()
+    with pytest.raises(ValueError, match="must provide batch data"):
+        trainer._iteration(trainer, None)
+
+
 @pytest.mark.parametrize("shape", [(1, 1, 8, 8, 8), (2, 1, 6, 7, 5), (3, 1, 10, 10)])
 def test_masked_rmse_with_a_full_mask_is_plain_rmse(shape):
     pred, target = torch.rand(shape), torch.rand(shape)

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -11,11 +10,10 @@ from monai.data import load_decathlon_datalist
 from monai.transforms import Compose, ConcatItemsd, EnsureChannelFirstd, LoadImaged
 from parameterized import parameterized
 
-from custom_nets.figures import encode_png
-from custom_nets.phantom import MODALITIES, NOISE_FREE, generate_dataset, split_subjects, target_suvr
-from custom_nets.phantom.__main__ import main as phantom_cli
-from custom_nets.phantom.check import check_cohort
-from custom_nets.phantom.check import main as check_cli
+from custom_nets.datasets.phantom import MODALITIES, NOISE_FREE, generate_dataset, split_subjects, target_suvr
+from custom_nets.datasets.phantom.__main__ import main as phantom_cli
+from custom_nets.datasets.phantom.check import check_cohort
+from custom_nets.datasets.phantom.check import main as check_cli
 
 SEED = 7
 
@@ -155,15 +153,6 @@ def test_florbetapir_centiloid_equation(centiloid, suvr):
 def test_cli_rejects_bad_arguments(argv):
     with pytest.raises(SystemExit):
         phantom_cli(argv)
-
-
-def test_png_encoder_round_trip():
-    image = (np.arange(12 * 7) % 256).astype(np.uint8).reshape(12, 7)
-    png = encode_png(image)
-    assert png[12:16] == b"IHDR" and int.from_bytes(png[16:20], "big") == 7 and int.from_bytes(png[20:24], "big") == 12
-    idat = png.index(b"IDAT")
-    raw = zlib.decompress(png[idat + 4 : idat + 4 + int.from_bytes(png[idat - 4 : idat], "big")])
-    assert np.array_equal(np.frombuffer(raw, np.uint8).reshape(12, 8)[:, 1:], image)
 
 
 def test_split_fractions_reach_the_datalist(tmp_path):

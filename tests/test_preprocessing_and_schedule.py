@@ -15,8 +15,8 @@ from conftest import TINY_TRAIN  # noqa: F401 (data_dir is a fixture of conftest
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from custom_nets.baselines import scaled_inputs
 from custom_nets.data import load_items
+from custom_nets.evaluation.baselines import scaled_inputs
 from custom_nets.handlers import CosineSchedule
 from custom_nets.prior import fit_prior
 from custom_nets.transforms import normalize_intensity, preprocessing_transforms

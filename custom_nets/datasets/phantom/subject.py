@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from custom_nets.phantom.anatomy import REGION_LABELS, Template
-from custom_nets.phantom.deform import random_displacement, sampling_grid, upsample_smooth, warp
+from custom_nets.datasets.phantom.anatomy import REGION_LABELS, Template
+from custom_nets.datasets.phantom.deform import random_displacement, sampling_grid, upsample_smooth, warp
 
 __all__ = ["Latents", "sample_latents", "synthesise_subject", "target_suvr", "MODALITIES", "NOISE_FREE", "PET_FWHM_MM"]
 

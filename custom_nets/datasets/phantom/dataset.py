@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from custom_nets.datalist import split_subjects
+from custom_nets.data import split_subjects
+from custom_nets.datasets.phantom.anatomy import REGION_LABELS, load_template
+from custom_nets.datasets.phantom.subject import MODALITIES, NOISE_FREE, sample_latents, synthesise_subject
 from custom_nets.io import atomic_save_nifti, atomic_write_json
-from custom_nets.phantom.anatomy import REGION_LABELS, load_template
-from custom_nets.phantom.subject import MODALITIES, NOISE_FREE, sample_latents, synthesise_subject
 
-__all__ = ["generate_dataset", "DATALIST_NAME"]
+__all__ = ["generate_dataset", "synthetic_datalist", "DATALIST_NAME"]
 
 DATALIST_NAME = "datalist.json"
 MODALITY_DESCRIPTIONS = {
@@ -77,7 +77,8 @@ def generate_dataset(
     datalist = {
         "name": "scgan-synthetic-brains",
         "description": "Synthetic multimodal brain subjects built on the MNI152 (ICBM 2009a) tissue templates",
-        "reference": "custom_nets.phantom (contrast values and their sources: custom_nets/phantom/subject.py)",
+        "reference": "custom_nets.datasets.phantom (contrast values and their sources: "
+        "custom_nets/datasets/phantom/subject.py)",
         "seed": seed,
         "resolution_mm": resolution,
         "tracer": tracer,
@@ -87,3 +88,15 @@ def generate_dataset(
         **{part: [entries[name] for name in members] for part, members in split.items()},
     }
     return atomic_write_json(out_dir / DATALIST_NAME, datalist)
+
+
+def synthetic_datalist(
+    out_dir: str | Path, subjects: int, seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+) -> Path:
+    """The datalist of the synthetic cohort in ``out_dir``, generated first (``generate_dataset``) when the folder
+    has none; an existing cohort is reused as it is. Returns its absolute path."""
+    datalist = Path(out_dir).absolute() / DATALIST_NAME
+    if not datalist.is_file():
+        print(f"generating {subjects} synthetic subjects (seed {seed}, split {tuple(fractions)}) in {out_dir}")
+        generate_dataset(out_dir, subjects=subjects, seed=seed, progress=False, fractions=fractions)
+    return datalist

@@ -1,16 +1,16 @@
-"""python -m custom_nets.phantom --out DIR --subjects N --seed S [--resolution 2]"""
+"""python -m custom_nets.datasets.phantom --out DIR --subjects N --seed S [--resolution 2]"""
 
 from __future__ import annotations
 
 import argparse
 
-from custom_nets.phantom.dataset import generate_dataset
-from custom_nets.phantom.subject import TRACERS
+from custom_nets.datasets.phantom.dataset import generate_dataset
+from custom_nets.datasets.phantom.subject import TRACERS
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m custom_nets.phantom",
+        prog="python -m custom_nets.datasets.phantom",
         description="Write synthetic multimodal brain subjects (NIfTI), their latent variables and a datalist.",
     )
     parser.add_argument("--out", required=True, help="output folder (created if missing)")

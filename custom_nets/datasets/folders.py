@@ -1,8 +1,8 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
 """Build and validate a datalist from a user's folder.
 
-    python -m custom_nets.datalist --root DIR --out DIR/datalist.json                       # BIDS-like layout
-    python -m custom_nets.datalist --root DIR --layout flat \\
+    python -m custom_nets.datasets.folders --root DIR --out DIR/datalist.json                       # BIDS-like layout
+    python -m custom_nets.datasets.folders --root DIR --layout flat \\
         --key t1w='{subject}_T1w.nii.gz' --key flair='{subject}_FLAIR.nii.gz' --key pet='{subject}_pet.nii.gz'
 
 Layouts:
@@ -28,11 +28,10 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import numpy as np
-
+from custom_nets.data import split_subjects
 from custom_nets.io import AFFINE_TOLERANCE_MM, atomic_write_json, check_same_grid, load_volume
 
-__all__ = ["DatalistError", "find_subjects", "validate_subjects", "build_datalist", "split_subjects", "BIDS_KEYS"]
+__all__ = ["DatalistError", "find_subjects", "validate_subjects", "build_datalist", "BIDS_KEYS"]
 
 BIDS_KEYS = {
     "t1w": "anat/*_T1w.*",
@@ -51,26 +50,6 @@ class DatalistError(ValueError):
     def __init__(self, problems: Sequence[str]) -> None:
         self.problems = list(problems)
         super().__init__(f"{len(self.problems)} problem(s), nothing was written:\n" + "\n".join(self.problems))
-
-
-def split_subjects(subjects: Sequence[str], seed: int, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)) -> dict:
-    """Subject-level training/validation/test split by a seeded permutation; validation and test get at least one
-    subject each when there are three or more subjects and their fraction is not 0."""
-    if len(fractions) != 3 or not np.isclose(sum(fractions), 1.0) or min(fractions) < 0:
-        raise ValueError(f"split fractions must be three non-negative numbers summing to 1, got {fractions}.")
-    unique = sorted(set(subjects))
-    order = [unique[i] for i in np.random.default_rng(seed).permutation(len(unique))]
-    n = len(order)
-    n_val, n_test = int(round(fractions[1] * n)), int(round(fractions[2] * n))
-    if n >= 3:
-        n_val = max(n_val, int(fractions[1] > 0))
-        n_test = max(n_test, int(fractions[2] > 0))
-    n_train = n - n_val - n_test
-    return {
-        "training": sorted(order[:n_train]),
-        "validation": sorted(order[n_train : n_train + n_val]),
-        "test": sorted(order[n_train + n_val :]),
-    }
 
 
 def _is_image(path: Path) -> bool:
@@ -225,7 +204,7 @@ def _parse_key(text: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m custom_nets.datalist",
+        prog="python -m custom_nets.datasets.folders",
         description="Build a validated MONAI datalist (training/validation/test by subject) from a folder.",
     )
     parser.add_argument("--root", required=True, help="the data folder")

@@ -9,19 +9,19 @@
 Inputs are normalised per subject and channel inside the brain exactly as the bundle does
 (``custom_nets.transforms.normalize_intensity``).
 
-    python -m custom_nets.baselines --datalist data/synthetic/datalist.json --target pet --out baselines/pet
+    python -m custom_nets.evaluation.baselines --datalist data/synthetic/datalist.json --target pet --out baselines/pet
 """
 
 from __future__ import annotations
 
 import argparse
-import itertools
 from pathlib import Path
 
 import numpy as np
 
-from custom_nets.data import DATALIST_HINT, entry_id
-from custom_nets.io import atomic_save_nifti, check_same_grid, load_volume, read_json
+from custom_nets.data import read_datalist, resolve, split_entries
+from custom_nets.io import atomic_save_nifti, check_same_grid, load_volume
+from custom_nets.prior import CubicPolynomial
 from custom_nets.transforms import CONTRASTS, normalize_intensity
 
 __all__ = ["scaled_inputs", "PopulationMean", "IntensityLookup", "CubicPolynomial", "BASELINES", "predict_split"]
@@ -81,29 +81,6 @@ class IntensityLookup:
         return out
 
 
-class CubicPolynomial:
-    def __init__(self, degree: int = 3) -> None:
-        self.degree = degree
-
-    def _features(self, x: np.ndarray) -> np.ndarray:
-        columns = [np.ones(x.shape[1])]
-        for order in range(1, self.degree + 1):
-            for combination in itertools.combinations_with_replacement(range(x.shape[0]), order):
-                columns.append(np.prod(x[list(combination)], axis=0))
-        return np.stack(columns, axis=1)
-
-    def fit(self, inputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray]) -> "CubicPolynomial":
-        x = np.concatenate(inputs, axis=1)
-        y = np.concatenate([t[m] for t, m in zip(targets, masks)])
-        self.coefficients, *_ = np.linalg.lstsq(self._features(x), y, rcond=None)
-        return self
-
-    def predict(self, inputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        out = np.zeros(mask.shape)
-        out[mask] = self._features(inputs) @ self.coefficients
-        return out
-
-
 BASELINES = {
     "population_mean": PopulationMean,
     "intensity_lookup": IntensityLookup,
@@ -112,26 +89,29 @@ BASELINES = {
 
 
 def _subject(
-    entry: dict, name: str, base: Path, input_keys: list[str], target_key: str | None, normalization: str = "percentile"
+    datalist: Path,
+    entry: dict,
+    name: str,
+    input_keys: list[str],
+    target_key: str | None,
+    normalization: str = "percentile",
 ):
     """(scaled inputs ``(C, N)``, target or None, mask, affine) of one entry, each file checked on load (readable, 3D,
     finite, on the grid of the first input; ``custom_nets.io.load_volume``), errors naming the entry and file."""
     keys = list(input_keys) + ([target_key] if target_key else []) + ["mask"]
-    for key in keys:
-        if key not in entry:
-            raise ValueError(f"datalist entry {name}: missing key '{key}' (it has {sorted(entry)}).")
+    files = {key: resolve(datalist, entry, key, name) for key in keys}
     volumes, reference = {}, None
     for key in keys:
         label = f"entry {name}, key '{key}'"
-        volumes[key], affine = load_volume(base / entry[key], label)
+        volumes[key], affine = load_volume(files[key], label)
         grid = (volumes[key].shape, affine)
         if reference is None:
-            reference = (f"{label}: {base / entry[key]}", *grid)
+            reference = (f"{label}: {files[key]}", *grid)
         else:
-            check_same_grid(f"{label}: {base / entry[key]}", *grid, *reference)
+            check_same_grid(f"{label}: {files[key]}", *grid, *reference)
     mask = volumes["mask"] > 0
     if not mask.any():
-        raise ValueError(f"entry {name}, key 'mask': {base / entry['mask']}: the brain mask is empty.")
+        raise ValueError(f"entry {name}, key 'mask': {files['mask']}: the brain mask is empty.")
     inputs = scaled_inputs([volumes[k] for k in input_keys], mask, normalization, input_keys)
     return inputs, volumes.get(target_key) if target_key else None, mask, reference[2]
 
@@ -147,19 +127,15 @@ def predict_split(
     """Fit every baseline on the training split and write its predictions for ``split`` as NIfTI files
     ``out_dir/<baseline>/<entry id>_<target>.nii.gz``; returns the folder of each baseline. Every file is read and
     checked before anything is written."""
-    datalist = Path(datalist)
-    content = read_json(datalist, "datalist", DATALIST_HINT)
-    base, out_dir = datalist.parent, Path(out_dir)
-    for part in ("training", split):
-        if not content.get(part):
-            raise ValueError(f"datalist {datalist}: no entries in '{part}'.")
+    datalist, out_dir = Path(datalist), Path(out_dir)
+    content = read_datalist(datalist)
     training = [
-        _subject(e, entry_id(e, i), base, list(input_keys), target_key, normalization)
-        for i, e in enumerate(content["training"])
+        _subject(datalist, e, name, list(input_keys), target_key, normalization)
+        for name, e in split_entries(datalist, "training", content).items()
     ]
     tests = {
-        entry_id(e, i): _subject(e, entry_id(e, i), base, list(input_keys), None, normalization)
-        for i, e in enumerate(content[split])
+        name: _subject(datalist, e, name, list(input_keys), None, normalization)
+        for name, e in split_entries(datalist, split, content).items()
     }
     folders = {}
     for name, cls in BASELINES.items():
@@ -172,7 +148,9 @@ def predict_split(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m custom_nets.baselines", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m custom_nets.evaluation.baselines", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--datalist", required=True)
     parser.add_argument("--target", required=True, help="datalist key of the target (pet, fa, md)")
     parser.add_argument("--out", required=True, help="output folder (one sub-folder per baseline)")

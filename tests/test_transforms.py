@@ -1,0 +1,75 @@
+"""Every transform of the one preprocessing chain keeps the metadata ``Invertd`` needs, and the chain inverts onto
+the input file's grid (voxel order and spacing), as ``inference.json`` relies on."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, Invertd
+from parameterized import parameterized
+
+from custom_nets.transforms import (
+    DegradeResolutiond,
+    DeriveBrainMaskd,
+    NormalizeIntensityInMaskd,
+    preprocessing_transforms,
+)
+
+SHAPE = (20, 18, 16)
+# LAS voxel order, 2 mm: the chain reorients to RAS and may resample, and Invertd must undo both
+AFFINE = np.array([[-2.0, 0, 0, 20], [0, 2, 0, -18], [0, 0, 2, -16], [0, 0, 0, 1]])
+
+
+@pytest.fixture
+def item(tmp_path) -> dict:
+    rng = np.random.default_rng(0)
+    brain = np.zeros(SHAPE, np.uint8)
+    brain[3:-3, 3:-3, 3:-3] = 1
+    files = {}
+    for key, volume in {
+        "t1w": brain * (1 + rng.random(SHAPE)),
+        "flair": brain * (2 + rng.random(SHAPE)),
+        "mask": brain,
+        "pet": brain * 1.5,
+    }.items():
+        files[key] = str(tmp_path / f"sub-01_{key}.nii.gz")
+        nib.save(nib.Nifti1Image(volume.astype(np.float32), AFFINE), files[key])
+    return {"image": [files["t1w"], files["flair"]], "label": files["pet"], "mask": files["mask"], "id": "sub-01"}
+
+
+@parameterized.expand(
+    [
+        ("derive_mask", DeriveBrainMaskd("image", "mask")),
+        ("degrade", DegradeResolutiond("image", factor=2)),
+        ("normalise_percentile", NormalizeIntensityInMaskd("image", "mask", method="percentile")),
+        ("normalise_tissue_mode", NormalizeIntensityInMaskd("image", "mask", method="tissue_mode")),
+    ]
+)
+def test_transform_keeps_the_metadata_invertd_needs(_, transform):
+    image = MetaTensor(torch.rand(2, 12, 12, 12) + 0.1, affine=torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0])))
+    image.applied_operations = [{"class": "Orientation", "id": 0}]  # stands for the operations before it
+    mask = MetaTensor(torch.zeros(1, 12, 12, 12), affine=image.affine.clone())
+    mask[:, 2:-2, 2:-2, 2:-2] = 1
+    data = {"image": image, "mask": mask}
+    if isinstance(transform, DeriveBrainMaskd):
+        data.pop("mask")
+    out = transform(data)
+    assert isinstance(out["image"], MetaTensor) and out["image"].shape == image.shape
+    assert torch.equal(out["image"].affine, image.affine)
+    assert out["image"].applied_operations == image.applied_operations
+    assert isinstance(out["mask"], MetaTensor) and torch.equal(out["mask"].affine, image.affine)
+
+
+@pytest.mark.parametrize("pixdim", [None, (3.0, 3.0, 3.0)])
+def test_chain_inverts_onto_the_input_grid(pixdim, item):
+    chain = Compose(preprocessing_transforms(["t1w", "flair"], pixdim=pixdim, degrade_factor=2))
+    data = chain(item)
+    assert np.allclose(data["image"].affine[:3, :3].diagonal(), pixdim or (2.0, 2.0, 2.0))  # RAS, resampled
+    data["pred"] = data["label"].clone()  # a synthesis on the network's grid, with the image's history
+    data["pred"].applied_operations = list(data["image"].applied_operations)
+    restored = Invertd("pred", transform=chain, orig_keys="image", nearest_interp=False)(data)["pred"]
+    assert tuple(restored.shape[1:]) == SHAPE
+    assert np.allclose(np.asarray(restored.affine), AFFINE, atol=1e-4)
