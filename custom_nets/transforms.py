@@ -17,6 +17,8 @@ __all__ = [
     "LoadEntryd",
     "SavePredictiond",
     "DeriveBrainMaskd",
+    "ExtractBrainMaskd",
+    "BRAIN_EXTRACTIONS",
     "NormalizeIntensityInMaskd",
     "normalize_intensity",
     "preprocessing_transforms",
@@ -207,6 +209,60 @@ class DeriveBrainMaskd(MapTransform):
         return d
 
 
+BRAIN_EXTRACTIONS = ("threshold", "deepbet")
+
+
+class ExtractBrainMaskd(MapTransform):
+    """Add ``mask_key`` when absent: the brain of a whole-head T1w image (channel ``channel`` of ``image_key``) by
+    deepbet (Fisch et al., "deepbet: Fast brain extraction of T1-weighted MRI using Convolutional Neural Networks",
+    Comput. Biol. Med. 2024; MIT licence, its wheel ships the weights, CPU works): a bounding-box network at 128³ and a
+    segmentation network at 256³ of the box, the probability thresholded at ``threshold``, the largest connected
+    component kept and holes filled (deepbet's own post-processing). The image must be in RAS voxel order (the chain
+    reorients first). An existing mask (from the datalist) is binarised and kept.
+
+    Raises:
+        ImportError: deepbet is not installed (``pip install deepbet``).
+        ValueError: the extracted brain is empty (the message names the entry).
+    """
+
+    _model = None  # deepbet's two TorchScript networks, loaded once per process
+
+    def __init__(
+        self, image_key: str = "image", mask_key: str = "mask", channel: int = 0, threshold: float = 0.5
+    ) -> None:
+        super().__init__([image_key], allow_missing_keys=False)
+        self.image_key, self.mask_key, self.channel, self.threshold = image_key, mask_key, channel, threshold
+
+    @classmethod
+    def extractor(cls):
+        if cls._model is None:
+            try:
+                from deepbet.bet import BrainExtraction
+            except ImportError as error:
+                raise ImportError(
+                    "brain_extraction 'deepbet' needs the deepbet package: pip install deepbet (or give a 'mask' in "
+                    "the datalist, or brain_extraction 'threshold' for skull-stripped inputs)."
+                ) from error
+            cls._model = BrainExtraction(no_gpu=not torch.cuda.is_available())
+        return cls._model
+
+    def __call__(self, data: Mapping) -> dict:
+        d = dict(data)
+        image = d[self.image_key]
+        if self.mask_key in d and d[self.mask_key] is not None:
+            d[self.mask_key] = (torch.as_tensor(d[self.mask_key]) > 0).to(torch.float32)
+            return d
+        model = self.extractor()
+        t1w = np.asarray(torch.as_tensor(image)[self.channel].detach().cpu(), dtype=np.float32)
+        with torch.no_grad():
+            probability = model.run_model(t1w.copy())
+        mask = model.postprocess(probability > self.threshold, 0)
+        if not mask.any():
+            raise ValueError(f"{_source(d, self.image_key)}: deepbet found no brain in input channel {self.channel}.")
+        d[self.mask_key] = _like(image, torch.as_tensor(mask[None].astype(np.float32)))
+        return d
+
+
 def _like(reference, array: torch.Tensor):
     """``array`` as a MetaTensor with ``reference``'s meta (affine, applied operations) when it has one."""
     from monai.data import MetaTensor
@@ -323,13 +379,16 @@ def preprocessing_transforms(
     normalization: str = "percentile",
     mask_threshold: float = 0.05,
     prior: Mapping | None = None,
+    brain_extraction: str = "threshold",
 ) -> list:
     """The one preprocessing chain of training, validation, evaluation and inference (MONAI Label included).
 
     Items ``{"image": [input files], "label": target file (optional), "mask": brain mask file (optional), "id"}``:
     load and check every file (``LoadEntryd``: readable, 3D, finite, one grid; errors name the entry and file),
     reorient to RAS, optionally resample to ``pixdim``, take the datalist's brain mask when the item has one and
-    derive it from the inputs otherwise (``DeriveBrainMaskd``; for skull-stripped inputs only), degrade the
+    derive it otherwise: ``brain_extraction`` ``"threshold"`` thresholds the inputs (``DeriveBrainMaskd``, for
+    skull-stripped inputs), ``"deepbet"`` extracts the brain of a whole-head T1w (``ExtractBrainMaskd``, the
+    ``t1w`` input or the first); degrade the
     inputs by ``degrade_factor`` (super-resolution task), normalise every input channel inside the mask
     (``NormalizeIntensityInMaskd``), append the per-voxel ``prior``'s prediction as a channel when one is given
     (``custom_nets.prior``), scale the target from ``target_range`` to [0, 1] and zero it outside the mask.
@@ -341,8 +400,15 @@ def preprocessing_transforms(
 
     from custom_nets.prior import AppendPriord
 
+    if brain_extraction not in BRAIN_EXTRACTIONS:
+        raise ValueError(f"brain_extraction must be one of {BRAIN_EXTRACTIONS}, got {brain_extraction!r}.")
     keys = ["image", "label", "mask"]
     contrasts = [CONTRASTS.get(str(key).lower(), "other") for key in input_keys]
+    lowered = [str(key).lower() for key in input_keys]
+    if brain_extraction == "deepbet":
+        brain = ExtractBrainMaskd("image", "mask", channel=lowered.index("t1w") if "t1w" in lowered else 0)
+    else:
+        brain = DeriveBrainMaskd("image", "mask", threshold=mask_threshold)
     transforms = [
         LoadEntryd(keys, channels={"image": len(input_keys)}, file_names={"image": list(input_keys)}),
         Orientationd(keys, axcodes="RAS", allow_missing_keys=True),
@@ -352,7 +418,7 @@ def preprocessing_transforms(
             Spacingd(keys, pixdim=pixdim, mode=["bilinear", "bilinear", "nearest"], allow_missing_keys=True)
         )
     return transforms + [
-        DeriveBrainMaskd("image", "mask", threshold=mask_threshold),
+        brain,
         DegradeResolutiond("image", factor=degrade_factor),
         NormalizeIntensityInMaskd("image", "mask", method=normalization, contrasts=contrasts),
         AppendPriord("image", "mask", prior=prior),

@@ -31,7 +31,7 @@ from pathlib import Path
 from custom_nets.data import split_subjects
 from custom_nets.io import AFFINE_TOLERANCE_MM, atomic_write_json, check_same_grid, load_volume
 
-__all__ = ["DatalistError", "find_subjects", "validate_subjects", "build_datalist", "BIDS_KEYS"]
+__all__ = ["DatalistError", "find_subjects", "validate_subjects", "build_datalist", "folder_items", "BIDS_KEYS"]
 
 BIDS_KEYS = {
     "t1w": "anat/*_T1w.*",
@@ -41,7 +41,7 @@ BIDS_KEYS = {
     "fa": "dwi/*FA*.*",
     "md": "dwi/*MD*.*",
 }
-IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 class DatalistError(ValueError):
@@ -193,6 +193,49 @@ def build_datalist(
         },
     }
     return atomic_write_json(out, datalist)
+
+
+def folder_items(
+    root: str | Path,
+    input_keys: Sequence[str],
+    layout: str = "bids",
+    keys: Mapping[str, str] | None = None,
+    mask_key: str = "mask",
+) -> list[dict]:
+    """The bundle's inference items for every subject (and session) of a folder, without a datalist: ``{"image":
+    [input files], "mask": brain mask file when the folder has one, "id": sub-XX[_ses-YY]}`` (as
+    ``custom_nets.data.load_items`` gives them; ``inference.json`` uses it when ``input_dir`` is set).
+
+    Args:
+        root: the folder, BIDS-like (``sub-*/[ses-*/]anat/...``) or flat.
+        input_keys: the task's inputs (e.g. ``["t1w", "flair"]``); each needs a pattern.
+        layout: ``"bids"`` (patterns default to ``BIDS_KEYS``) or ``"flat"`` (patterns with ``{subject}``).
+        keys: patterns by key; ``mask_key``'s pattern is optional per subject (the bundle extracts a brain otherwise).
+
+    Raises:
+        DatalistError: every problem found (a modality missing, a file unreadable, not 3D or not finite, grids that
+            differ, an empty mask), one line each naming the subject, key and file.
+    """
+    patterns = dict(BIDS_KEYS if keys is None and layout == "bids" else keys or {})
+    unnamed = [key for key in input_keys if key not in patterns]
+    if unnamed:
+        raise DatalistError([f"no file pattern for input key(s) {unnamed}: give --key NAME=PATTERN for each."])
+    entries, problems = find_subjects(root, {key: patterns[key] for key in input_keys}, layout)
+    if mask_key in patterns:
+        masks, mask_problems = find_subjects(root, {mask_key: patterns[mask_key]}, layout)
+        problems += [p for p in mask_problems if "files match" in p]  # a missing mask is allowed, an ambiguous one not
+        for name, entry in entries.items():
+            if mask_key in masks.get(name, {}):
+                entry[mask_key] = masks[name][mask_key]
+    complete = {name: entry for name, entry in entries.items() if set(input_keys) <= set(entry)}
+    problems += validate_subjects(complete, [mask_key])
+    if problems:
+        raise DatalistError(problems)
+    return [
+        {"image": [str(entry[key]) for key in input_keys], "id": name}
+        | ({"mask": str(entry[mask_key])} if mask_key in entry else {})
+        for name, entry in sorted(entries.items())
+    ]
 
 
 def _parse_key(text: str) -> tuple[str, str]:

