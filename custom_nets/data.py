@@ -23,15 +23,12 @@ def read_datalist(datalist: str | Path) -> dict:
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: it is not JSON, or not an object of lists of objects; the message names the file and the list.
+        ValueError: it is not JSON, or not a JSON object; the message names the file.
     """
     datalist = Path(datalist)
     content = read_json(datalist, "datalist", DATALIST_HINT)
     if not isinstance(content, dict):
         raise ValueError(f"datalist {datalist}: expected a JSON object of lists, got {type(content).__name__}.")
-    for split, entries in content.items():
-        if isinstance(entries, list) and not all(isinstance(e, dict) for e in entries):
-            raise ValueError(f"datalist {datalist}, '{split}': every entry must be a JSON object of keys to files.")
     return content
 
 
@@ -58,6 +55,8 @@ def split_entries(datalist: str | Path, split: str, content: dict | None = None)
         raise ValueError(f"datalist {datalist} has no '{split}' list (it has: {sorted(content)}).")
     if not content[split]:
         raise ValueError(f"datalist {datalist}: the '{split}' list is empty.")
+    if not isinstance(content[split], list) or not all(isinstance(e, dict) for e in content[split]):
+        raise ValueError(f"datalist {datalist}, '{split}': expected a list of JSON objects (keys to files).")
     entries: dict[str, dict] = {}
     first_index: dict[str, int] = {}
     for index, entry in enumerate(content[split]):

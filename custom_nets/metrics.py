@@ -85,7 +85,7 @@ def masked_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, da
     return float(ssim_map[mask].mean())
 
 
-METRICS = {"rmse": masked_rmse, "nrmse": masked_nrmse, "psnr": masked_psnr, "ssim": masked_ssim}
+METRICS = {"nrmse": masked_nrmse, "rmse": masked_rmse, "psnr": masked_psnr, "ssim": masked_ssim}
 
 
 class BrainMaskedMetric(CumulativeIterationMetric):

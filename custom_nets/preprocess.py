@@ -6,8 +6,9 @@ information), optional N4 bias-field correction and resampling, with a JSON side
     python -m custom_nets.preprocess --subject sub-01 --image t1w=T1w.nii.gz --image flair=FLAIR.nii.gz \\
         --image mask=brainmask.mgz --out prepared/sub-01/anat [--voxel-size 1] [--n4]
 
-Writes ``<subject>_<key>.nii.gz`` for every image and ``<subject>.json``; ``python -m custom_nets.predict`` (flat
-layout) or a datalist then take the folder.
+Writes ``<subject>_<suffix>.nii.gz`` for every image (``T1w``, ``FLAIR``, ``mask``: BIDS' names) and
+``<subject>.json``; with ``--out <dir>/sub-01/anat`` the folder ``<dir>`` is what ``python -m custom_nets.predict
+--input <dir>`` reads.
 """
 
 from __future__ import annotations

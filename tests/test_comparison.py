@@ -65,7 +65,7 @@ def test_task_settings_come_from_the_configs():
     assert task_settings(BUNDLE, "md", ("target_key", "input_keys", "target_unit")) == {
         "target_key": "md",
         "input_keys": ["t1w", "flair"],
-        "target_unit": "10⁻³ mm²/s",
+        "target_unit": "10^-3 mm^2/s",
     }
 
 

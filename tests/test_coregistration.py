@@ -14,8 +14,9 @@ from custom_nets.datasets.preprocessing import (
     n4_correct,
     preprocess_subject,
     resample,
+    rigid_matrix,
     rigid_register,
-    rotation_degrees,
+    transform_error,
 )
 from custom_nets.io import atomic_save_nifti, load_volume
 from custom_nets.preprocess import main as preprocess_cli
@@ -27,28 +28,9 @@ def t1w() -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(image.dataobj, dtype=np.float32), image.affine
 
 
-def _rigid(degrees: tuple[float, float, float], shift_mm: tuple[float, float, float], centre: np.ndarray) -> np.ndarray:
-    """4×4 RAS transform: rotations about x, y, z (degrees) around ``centre`` (mm), then a shift."""
-    rx, ry, rz = np.radians(degrees)
-    x = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
-    y = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
-    z = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
-    matrix = np.eye(4)
-    matrix[:3, :3] = z @ y @ x
-    matrix[:3, 3] = centre - matrix[:3, :3] @ centre + np.asarray(shift_mm)
-    return matrix
-
-
 def _moved(image: tuple[np.ndarray, np.ndarray], matrix: np.ndarray) -> np.ndarray:
     """The image as seen through ``matrix`` (fixed point → moving point): moving(q) = fixed(matrix⁻¹ q)."""
     return resample(image, image[1], image[0].shape, np.linalg.inv(matrix))
-
-
-def _errors(found: np.ndarray, true: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
-    """Largest displacement (mm) between the two transforms over brain voxels, and their relative rotation (°)."""
-    points = affine @ np.vstack([np.argwhere(brain).T, np.ones(int(brain.sum()))])
-    distance = np.linalg.norm((found @ points - true @ points)[:3], axis=0).max()
-    return float(distance), rotation_degrees(found @ np.linalg.inv(true))
 
 
 def _centre(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
@@ -60,18 +42,18 @@ def _centre(array: np.ndarray, affine: np.ndarray) -> np.ndarray:
     [((0, 0, 10), (5, -3, 8)), ((7, -4, 0), (-10, 0, 6)), ((-5, 6, -8), (4, 9, -7)), ((0, 0, 0), (0, 0, 0))],
 )
 def test_known_rigid_transforms_of_a_real_t1w_are_recovered(t1w, degrees, shift):
-    true = _rigid(degrees, shift, _centre(*t1w))
+    true = rigid_matrix(degrees, shift, _centre(*t1w))
     result = rigid_register(t1w, (_moved(t1w, true), t1w[1]))
-    distance, angle = _errors(result.matrix, true, t1w[0] > 0.2 * t1w[0].max(), t1w[1])
+    distance, angle = transform_error(result.matrix, true, t1w[0] > 0.2 * t1w[0].max(), t1w[1])
     assert distance <= 1.0 and angle <= 1.0, (distance, angle, result.stop)
 
 
 def test_a_smooth_pet_like_map_registers_to_the_t1w(t1w):
     gm = load_mni152_gm_template(resolution=2)
     pet_like = ndimage.gaussian_filter(np.asarray(gm.dataobj, dtype=np.float32), 8 / 2.355 / 2)  # 8 mm FWHM at 2 mm
-    true = _rigid((4, 0, -6), (6, -5, 3), _centre(*t1w))
+    true = rigid_matrix((4, 0, -6), (6, -5, 3), _centre(*t1w))
     result = rigid_register(t1w, (_moved((pet_like, gm.affine), true), gm.affine))
-    distance, angle = _errors(result.matrix, true, t1w[0] > 0.2 * t1w[0].max(), t1w[1])
+    distance, angle = transform_error(result.matrix, true, t1w[0] > 0.2 * t1w[0].max(), t1w[1])
     assert distance <= 2.0 and angle <= 2.0, (distance, angle, result.stop)
 
 
@@ -93,8 +75,8 @@ def test_n4_removes_a_smooth_bias_field(t1w):
 
 def test_preprocess_brings_every_modality_onto_the_t1w_grid(t1w, tmp_path):
     array, affine = t1w
-    true = _rigid((0, 0, 6), (4, 0, -3), _centre(array, affine))
-    flair_like = _moved((array.max() - array) * (array > 0), true)  # another contrast, in another position
+    true = rigid_matrix((0, 0, 6), (4, 0, -3), _centre(array, affine))
+    flair_like = _moved(((array.max() - array) * (array > 0), affine), true)  # another contrast, in another position
     files = {
         "t1w": atomic_save_nifti(tmp_path / "in" / "t1.nii.gz", array, affine),
         "flair": atomic_save_nifti(tmp_path / "in" / "flair.nii.gz", flair_like, affine),
@@ -125,4 +107,4 @@ def test_errors_name_the_subject_and_key(t1w, tmp_path, capsys):
         ["--subject", "sub-03", "--image", f"t1w={t1}", "--image", f"flair={bad}", "--out", str(tmp_path)]
     )
     assert code == 2 and "sub-03, key 'flair'" in capsys.readouterr().err
-    assert not (tmp_path / "sub-03_t1w.nii.gz").exists()  # nothing half-written
+    assert not (tmp_path / "sub-03_T1w.nii.gz").exists()  # nothing half-written

@@ -22,13 +22,25 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from scipy import ndimage
 
 from custom_nets.io import atomic_save_nifti, atomic_write_json, load_volume
 
-__all__ = ["RigidResult", "rigid_register", "resample", "n4_correct", "rotation_degrees", "preprocess_subject"]
+__all__ = [
+    "RigidResult",
+    "rigid_register",
+    "resample",
+    "n4_correct",
+    "rotation_degrees",
+    "rigid_matrix",
+    "transform_error",
+    "preprocess_subject",
+]
 
 _LPS = np.diag([-1.0, -1.0, 1.0])  # RAS ↔ LPS (ITK's physical space)
 MR_KEYS = ("t1w", "flair", "t2w", "pd")  # the contrasts N4 corrects
+# output file suffixes by key, BIDS' where it has one, so that the predict command's BIDS patterns find the files
+BIDS_SUFFIXES = {"t1w": "T1w", "flair": "FLAIR", "t2w": "T2w", "pd": "PD", "mask": "mask", "pet": "pet"}
 
 
 def _to_itk(array: np.ndarray, affine: np.ndarray):
@@ -108,7 +120,7 @@ def rigid_register(
     registration.SetShrinkFactorsPerLevel([4, 2, 1])
     registration.SetSmoothingSigmasPerLevel([2.0, 1.0, 0.0])
     registration.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
-    registration.SetMetricSamplingStrategy(registration.MetricSamplingStrategyEnum_RANDOM)
+    registration.SetMetricSamplingStrategy(itk.ImageRegistrationMethodv4Enums.MetricSamplingStrategy_RANDOM)
     registration.SetMetricSamplingPercentage(sampling)
     registration.MetricSamplingReinitializeSeed(seed)
     registration.Update()
@@ -132,6 +144,26 @@ def rotation_degrees(matrix: np.ndarray) -> float:
     """The rotation angle of a rigid 4×4 (or 3×3) matrix, in degrees."""
     rotation = np.asarray(matrix)[:3, :3]
     return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0))))
+
+
+def rigid_matrix(degrees: tuple[float, float, float], shift_mm: tuple[float, float, float], centre) -> np.ndarray:
+    """4×4 RAS transform: rotations about x, y then z (degrees) around ``centre`` (mm), then a shift (mm)."""
+    rx, ry, rz = np.radians(degrees)
+    x = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])
+    y = np.array([[np.cos(ry), 0, np.sin(ry)], [0, 1, 0], [-np.sin(ry), 0, np.cos(ry)]])
+    z = np.array([[np.cos(rz), -np.sin(rz), 0], [np.sin(rz), np.cos(rz), 0], [0, 0, 1]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = z @ y @ x
+    matrix[:3, 3] = np.asarray(centre) - matrix[:3, :3] @ np.asarray(centre) + np.asarray(shift_mm)
+    return matrix
+
+
+def transform_error(found: np.ndarray, true: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> tuple[float, float]:
+    """The largest displacement (mm) between two 4×4 RAS transforms over the voxels of ``mask`` (on ``affine``'s
+    grid), and the rotation (degrees) of ``found`` relative to ``true``: a registration's residual error."""
+    points = affine @ np.vstack([np.argwhere(mask).T, np.ones(int(mask.sum()))])
+    distance = np.linalg.norm((found @ points - true @ points)[:3], axis=0).max()
+    return float(distance), rotation_degrees(found @ np.linalg.inv(true))
 
 
 def resample(
@@ -183,20 +215,20 @@ def n4_correct(image: tuple[np.ndarray, np.ndarray], shrink: int = 2, iterations
     corrector = itk.N4BiasFieldCorrectionImageFilter[type(itk_image), mask_type, type(itk_image)].New(
         Input=shrunk.GetOutput(), MaskImage=shrunk_mask.GetOutput()
     )
+    corrector.SetNumberOfFittingLevels(4)
     corrector.SetMaximumNumberOfIterations([iterations] * 4)
     corrector.Update()
-    # the bias field at full resolution: the log field of the shrunk image, reconstructed on the input grid
-    log_field = itk.BSplineControlPointImageFilter.New(
-        Input=corrector.GetLogBiasFieldControlPointLattice(),
-        SplineOrder=corrector.GetSplineOrder(),
-        Size=itk_image.GetLargestPossibleRegion().GetSize(),
-        Origin=itk_image.GetOrigin(),
-        Spacing=itk_image.GetSpacing(),
-        Direction=itk_image.GetDirection(),
-    )
-    log_field.Update()
-    field = np.exp(itk.array_from_image(log_field.GetOutput())[..., 0].transpose(2, 1, 0))
-    return np.asarray(image[0], dtype=np.float32) / field.astype(np.float32)
+    # the bias field at full resolution: the log ratio input / corrected on the shrunk grid (extended from the
+    # voxels where both are positive to the rest by nearest neighbour), smooth by construction, interpolated linearly
+    small, small_affine = _from_itk(shrunk.GetOutput())
+    corrected = _from_itk(corrector.GetOutput())[0]
+    valid = (small > 0) & (corrected > 0)
+    log_field = np.zeros(small.shape, np.float32)
+    log_field[valid] = np.log(small[valid] / corrected[valid])
+    nearest = ndimage.distance_transform_edt(~valid, return_distances=False, return_indices=True)
+    log_field = log_field[tuple(nearest)]
+    field = np.exp(resample((log_field, small_affine), image[1], image[0].shape))
+    return (np.asarray(image[0], dtype=np.float32) / field).astype(np.float32)
 
 
 def preprocess_subject(
@@ -213,7 +245,8 @@ def preprocess_subject(
     the same field of view): each other modality rigidly registered to the reference, N4 on MR contrasts with
     ``n4`` (``mr_keys`` only: never on PET or DTI maps), masks (given in the reference's space) resampled with
     nearest neighbour. Writes ``<subject>_<key>.nii.gz`` and ``<subject>.json`` (the
-    transforms, metrics and software versions) into ``out_dir``; returns the written files by key.
+    transforms, metrics and software versions) into ``out_dir``, ``<key>`` as BIDS names it (``T1w``, ``FLAIR``,
+    ``mask``: ``BIDS_SUFFIXES``); returns the written files by key.
 
     Raises:
         ValueError: ``reference_key`` missing, a file unreadable, not 3D or not finite (named), or a registration
@@ -256,7 +289,7 @@ def preprocess_subject(
     record["software"] = {"itk": itk.Version.GetITKVersion(), "custom_nets": _version()}
     out_dir = Path(out_dir)
     written = {
-        key: atomic_save_nifti(out_dir / f"{subject}_{key}.nii.gz", value, target_affine)
+        key: atomic_save_nifti(out_dir / f"{subject}_{BIDS_SUFFIXES.get(key, key)}.nii.gz", value, target_affine)
         for key, value in outputs.items()
     }
     written["sidecar"] = atomic_write_json(out_dir / f"{subject}.json", json.loads(json.dumps(record)))
