@@ -5,8 +5,10 @@
     python -m custom_nets.predict --bundle bundle --task fa --input DIR --output DIR --layout flat \\
         --key t1w='{subject}_T1w.nii.gz' --key flair='{subject}_FLAIR.nii.gz' --brain-extraction deepbet
 
-``DIR`` is a BIDS-like folder (``sub-XX/[ses-YY/]anat/sub-XX[_ses-YY]_T1w.nii.gz``, ``..._FLAIR...``, an optional
-``..._mask...``; ``.nii``, ``.nii.gz``, ``.mgz`` and the formats ITK reads) or a flat folder with ``--key`` patterns.
+``DIR`` is a BIDS dataset (``--layout pybids``: read with pybids, brain masks from ``derivatives/`` as
+``desc-brain_mask``), a BIDS-like folder (``sub-XX/[ses-YY/]anat/sub-XX[_ses-YY]_T1w.nii.gz``, ``..._FLAIR...``,
+an optional ``..._mask...``; ``.nii``, ``.nii.gz``, ``.mgz`` and the formats ITK reads) or a flat folder with
+``--key`` patterns.
 Every file is checked first (readable, 3D, finite, the subject's files on one grid); then ``inference.json`` with the
 task's overlay runs over all subjects with a progress bar and writes ``sub-XX[_ses-YY]_<task>.nii.gz`` on each
 subject's input grid, plus a JSON sidecar (task, weights and their SHA-256, bundle version, preprocessing, inputs).
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", required=True, help="pet, fa, md or sr (<bundle>/configs/tasks)")
     parser.add_argument("--input", required=True, help="folder of new subjects (BIDS-like, or flat with --key)")
     parser.add_argument("--output", required=True, help="folder for the syntheses and their JSON sidecars")
-    parser.add_argument("--layout", choices=("bids", "flat"), default="bids")
+    parser.add_argument("--layout", choices=("bids", "flat", "pybids"), default="bids")
     parser.add_argument("--key", type=_parse_key, action="append", default=[], help="NAME=PATTERN, repeatable")
     parser.add_argument("--brain-extraction", choices=("threshold", "deepbet"), help="for subjects without a mask")
     args = parser.parse_args(argv)

@@ -50,6 +50,14 @@ def test_bids_layout_with_sessions(tmp_path):
     assert loaded and all(np.asarray(nib.load(e["t1w"]).dataobj).shape == (8, 8, 8) for e in loaded)
 
 
+def test_one_mask_may_serve_every_session_of_its_subject(tmp_path):
+    root = _bids(tmp_path / "data", sessions={"sub-02": ["ses-1", "ses-2"]})
+    masks = sorted(root.glob("sub-02/ses-*/anat/sub-02_ses-*_mask.nii.gz"))
+    masks[1].write_bytes(masks[0].read_bytes())
+    out = build_datalist(root, tmp_path / "datalist.json", KEYS)
+    assert out.is_file()
+
+
 def test_flat_layout_with_itk_formats(tmp_path):
     itk = pytest.importorskip("itk")
     rng = np.random.default_rng(0)
@@ -104,6 +112,12 @@ def _break_duplicate(root):
     return "sub-03", "t1w"
 
 
+def _break_mask_of_another_subject(root):
+    source = root / "sub-01/anat/sub-01_mask.nii.gz"
+    (root / "sub-02/anat/sub-02_mask.nii.gz").write_bytes(source.read_bytes())
+    return "sub-02", "mask"
+
+
 def _break_ambiguous(root):
     _save(root / "sub-04/anat/sub-04_run-2_T1w.nii.gz", np.random.default_rng(6).random((8, 8, 8)))
     return "sub-04", "t1w"
@@ -119,6 +133,7 @@ def _break_ambiguous(root):
         (_break_nan, "non-finite"),
         (_break_empty_mask, "mask is empty"),
         (_break_duplicate, "same content"),
+        (_break_mask_of_another_subject, "same content"),
         (_break_ambiguous, "2 files match"),
     ],
 )

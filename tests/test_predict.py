@@ -14,7 +14,7 @@ from conftest import TINY, TINY_TRAIN
 from monai.bundle import ConfigWorkflow
 from monai.transforms import Compose
 
-from custom_nets.datasets.folders import DatalistError
+from custom_nets.datasets.folders import DatalistError, folder_items
 from custom_nets.datasets.heads import write_real_head
 from custom_nets.io import load_volume, sha256_of
 from custom_nets.predict import main as predict_cli
@@ -91,6 +91,31 @@ def test_bids_folder_with_sessions_and_mgz_gives_one_synthesis_per_session(train
     assert not np.array_equal(arrays["sub-01_ses-1"], arrays["sub-01_ses-2"])
     mask = load_volume(bids / "sub-02/anat/sub-02_mask.mgz")[0] > 0
     assert np.all(arrays["sub-02"][~mask] == 0)  # the datalist's (folder's) mask is used
+
+
+def test_bids_dataset_read_by_pybids_takes_masks_from_derivatives(trained, bids, tmp_path):
+    (bids / "dataset_description.json").write_text('{"Name": "new", "BIDSVersion": "1.8.0"}', encoding="utf-8")
+    derivatives = bids / "derivatives" / "masks"
+    (derivatives / "sub-01" / "anat").mkdir(parents=True)
+    description = '{"Name": "masks", "BIDSVersion": "1.8.0", "DatasetType": "derivative"}'
+    (derivatives / "dataset_description.json").write_text(description, encoding="utf-8")
+    mask = bids / "sub-02" / "anat" / "sub-02_mask.mgz"
+    image = nib.load(str(mask))
+    nib.save(
+        nib.Nifti1Image(np.asarray(image.dataobj), image.affine),
+        str(derivatives / "sub-01/anat/sub-01_desc-brain_mask.nii.gz"),
+    )
+    mask.unlink()  # not a BIDS name in the raw dataset
+    items = folder_items(bids, ["t1w", "flair"], "pybids")
+    assert [item["id"] for item in items] == ["sub-01_ses-1", "sub-01_ses-2", "sub-02"]
+    assert all(item["mask"].endswith("sub-01_desc-brain_mask.nii.gz") for item in items[:2])  # one mask, both sessions
+    assert "mask" not in items[2]
+    outputs = predict_folder(trained, "pet", bids, tmp_path / "out", "pybids", overrides=TINY, progress=False)
+    assert sorted(p.name for p in outputs) == [
+        "sub-01_ses-1_pet.nii.gz",
+        "sub-01_ses-2_pet.nii.gz",
+        "sub-02_pet.nii.gz",
+    ]
 
 
 def test_flat_folder_and_the_one_subject_api(trained, data_dir, tmp_path):

@@ -31,7 +31,15 @@ from pathlib import Path
 from custom_nets.data import split_subjects
 from custom_nets.io import AFFINE_TOLERANCE_MM, atomic_write_json, check_same_grid, load_volume
 
-__all__ = ["DatalistError", "find_subjects", "validate_subjects", "build_datalist", "folder_items", "BIDS_KEYS"]
+__all__ = [
+    "DatalistError",
+    "find_subjects",
+    "validate_subjects",
+    "build_datalist",
+    "folder_items",
+    "BIDS_KEYS",
+    "BIDS_QUERIES",
+]
 
 BIDS_KEYS = {
     "t1w": "anat/*_T1w.*",
@@ -40,6 +48,15 @@ BIDS_KEYS = {
     "pet": "pet/*_pet.*",
     "fa": "dwi/*FA*.*",
     "md": "dwi/*MD*.*",
+}
+# --layout pybids: the BIDS entities of each key, queried with pybids over the raw dataset and its derivatives/
+BIDS_QUERIES = {
+    "t1w": {"suffix": "T1w", "datatype": "anat"},
+    "flair": {"suffix": "FLAIR", "datatype": "anat"},
+    "t2w": {"suffix": "T2w", "datatype": "anat"},
+    "pd": {"suffix": "PDw", "datatype": "anat"},
+    "mask": {"suffix": "mask", "desc": "brain"},
+    "pet": {"suffix": "pet", "datatype": "pet"},
 }
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".mgz", ".mgh", ".nrrd", ".nhdr", ".mha", ".mhd")
 
@@ -56,13 +73,55 @@ def _is_image(path: Path) -> bool:
     return path.is_dir() or path.name.lower().endswith(IMAGE_SUFFIXES)
 
 
+def _pybids_subjects(root: Path, keys: Mapping[str, object]) -> tuple[dict, list[str]]:
+    """``find_subjects`` for a BIDS dataset read by pybids (``dataset_description.json`` at its root; derivatives
+    included, e.g. ``derivatives/<pipeline>/sub-XX/anat/sub-XX_desc-brain_mask.nii.gz``)."""
+    try:
+        from bids import BIDSLayout
+        from bids.layout import Query
+    except ImportError as error:
+        raise DatalistError(["--layout pybids needs pybids: pip install pybids (or use --layout bids)."]) from error
+    if not (root / "dataset_description.json").is_file():
+        raise DatalistError([f"--root {root}: no dataset_description.json (not a BIDS dataset; use --layout bids)."])
+    unnamed = [key for key in keys if key not in BIDS_QUERIES]
+    if unnamed:
+        raise DatalistError([f"--layout pybids: no BIDS query for key(s) {unnamed}; known: {sorted(BIDS_QUERIES)}."])
+    bids = BIDSLayout(str(root), validate=False, derivatives=True)
+    extensions = list(IMAGE_SUFFIXES)
+    entries, problems = {}, []
+    for subject in bids.get_subjects():
+        for session in bids.get_sessions(subject=subject) or [None]:
+            entry_id = f"sub-{subject}" + (f"_ses-{session}" if session else "")
+            entry = {"subject": f"sub-{subject}"}
+            for key in keys:
+                query = {**BIDS_QUERIES[key], "session": session or Query.NONE}
+                matches = bids.get(subject=subject, extension=extensions, return_type="filename", **query)
+                if not matches and session:  # e.g. one brain mask for all sessions, without a session entity
+                    query["session"] = Query.NONE
+                    matches = bids.get(subject=subject, extension=extensions, return_type="filename", **query)
+                if len(matches) == 1:
+                    entry[key] = Path(matches[0])
+                elif not matches:
+                    problems.append(f"{entry_id}: key '{key}': no file with BIDS entities {BIDS_QUERIES[key]}")
+                else:
+                    problems.append(f"{entry_id}: key '{key}': {len(matches)} files match: {', '.join(matches)}")
+            entries[entry_id] = entry
+    if not entries:
+        raise DatalistError([f"--root {root}: pybids found no subjects."])
+    return entries, problems
+
+
 def find_subjects(root: str | Path, keys: Mapping[str, str], layout: str = "bids") -> tuple[dict, list[str]]:
-    """Map ``{entry_id: {"subject": id, key: path, ...}}`` from ``root``; returns (entries, problems)."""
+    """Map ``{entry_id: {"subject": id, key: path, ...}}`` from ``root``; returns (entries, problems). Layouts:
+    ``"bids"`` (BIDS-like, glob patterns by key), ``"flat"`` (patterns with ``{subject}``), ``"pybids"`` (a BIDS
+    dataset read with pybids, ``BIDS_QUERIES`` by key, derivatives included)."""
     root = Path(root)
     problems: list[str] = []
     entries: dict[str, dict] = {}
     if not root.is_dir():
         raise DatalistError([f"--root {root}: not a folder."])
+    if layout == "pybids":
+        return _pybids_subjects(root, keys)
     if layout == "bids":
         subject_dirs = sorted(p for p in root.glob("sub-*") if p.is_dir())
         if not subject_dirs:
@@ -107,7 +166,7 @@ def find_subjects(root: str | Path, keys: Mapping[str, str], layout: str = "bids
                     problems.append(f"{subject}: key '{key}': {path} does not exist")
             entries[subject] = entry
     else:
-        raise DatalistError([f"--layout {layout!r}: expected 'bids' or 'flat'."])
+        raise DatalistError([f"--layout {layout!r}: expected 'bids', 'flat' or 'pybids'."])
     return entries, problems
 
 
@@ -124,9 +183,13 @@ def _digest(path: Path) -> str:
 def validate_subjects(
     entries: Mapping[str, Mapping], mask_keys: Sequence[str] = ("mask",), affine_tol: float = AFFINE_TOLERANCE_MM
 ) -> list[str]:
-    """All problems of the found files: unreadable, non-finite, empty masks, shape/affine mismatches, duplicates."""
+    """All problems of the found files: unreadable, non-finite, empty masks, shape/affine mismatches, duplicates.
+
+    One mask file may serve every session of its subject (e.g. a derivative brain mask without a session entity);
+    any other file found twice is reported as a duplicated subject or file.
+    """
     problems = []
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str | None, str]] = {}  # digest -> (label, subject, key) of its first use
     for entry_id, entry in entries.items():
         reference = None
         for key, path in entry.items():
@@ -136,9 +199,13 @@ def validate_subjects(
             label = f"{entry_id}: key '{key}': {path}"
             digest = _digest(path)
             if digest in seen:
-                problems.append(f"{label}: same content as {seen[digest]} (duplicated subject or file)")
-                continue
-            seen[digest] = label
+                first_label, first_subject, first_key = seen[digest]
+                shared_mask = key in mask_keys and key == first_key and first_subject == entry.get("subject")
+                if not shared_mask:
+                    problems.append(f"{label}: same content as {first_label} (duplicated subject or file)")
+                    continue
+            else:
+                seen[digest] = (label, entry.get("subject"), key)
             try:  # the bundle's own checks (readable, one 3D volume, finite), so what passes here loads there
                 array, affine = load_volume(path, f"{entry_id}: key '{key}'")
             except (OSError, ValueError) as error:
@@ -167,7 +234,8 @@ def build_datalist(
     affine_tol: float = AFFINE_TOLERANCE_MM,
 ) -> Path:
     """Find, validate, split and write; raises ``DatalistError`` listing every problem (and writes nothing)."""
-    keys = dict(BIDS_KEYS if keys is None and layout == "bids" else keys or {})
+    defaults = {"bids": BIDS_KEYS, "pybids": {k: k for k in BIDS_QUERIES}}.get(layout, {})
+    keys = dict(defaults if keys is None else keys)
     if not keys:
         raise DatalistError(["no --key given: name at least one modality, e.g. --key t1w='{subject}_T1w.nii.gz'."])
     entries, problems = find_subjects(root, keys, layout)
@@ -216,7 +284,8 @@ def folder_items(
         DatalistError: every problem found (a modality missing, a file unreadable, not 3D or not finite, grids that
             differ, an empty mask), one line each naming the subject, key and file.
     """
-    patterns = dict(BIDS_KEYS if keys is None and layout == "bids" else keys or {})
+    defaults = {"bids": BIDS_KEYS, "pybids": BIDS_QUERIES}.get(layout, {})
+    patterns = dict(defaults if keys is None else keys)
     unnamed = [key for key in input_keys if key not in patterns]
     if unnamed:
         raise DatalistError([f"no file pattern for input key(s) {unnamed}: give --key NAME=PATTERN for each."])
@@ -252,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--root", required=True, help="the data folder")
     parser.add_argument("--out", help="datalist file (default ROOT/datalist.json)")
-    parser.add_argument("--layout", choices=("bids", "flat"), default="bids")
+    parser.add_argument("--layout", choices=("bids", "flat", "pybids"), default="bids")
     parser.add_argument("--key", type=_parse_key, action="append", default=[], help="NAME=PATTERN, repeatable")
     parser.add_argument("--mask-key", action="append", default=None, help="keys that are masks (default: mask)")
     parser.add_argument("--seed", type=int, default=0)
