@@ -121,3 +121,9 @@ def test_wheel_with_the_wrong_hash_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(realdata.subprocess, "run", fake_run)
     with pytest.raises(RuntimeError, match="differs from the pinned"):
         realdata.fetch_spm_wheel(cache)
+
+
+def test_table_of_the_oracle_alone_has_no_best_row():
+    summary = {m: {"mean": 0.1, "std": float("nan")} for m in ("nrmse", "psnr", "ssim", "rmse")}
+    table = markdown_table({"oracle": {"scores": {"summary": summary}}}, {"oracle": "oracle"})
+    assert len(table) == 3 and "**" not in table[2]

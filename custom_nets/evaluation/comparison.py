@@ -45,7 +45,8 @@ def markdown_table(rows: dict[str, dict], labels: dict[str, str], interval: bool
     """NRMSE, PSNR and SSIM (mean ± sd over subjects, or mean [95 % interval] with ``interval``) and RMSE per row,
     the best NRMSE in bold (the oracle row excluded)."""
     lines = ["| model | NRMSE | PSNR (dB) | SSIM | RMSE |", "|---|---|---|---|---|"]
-    best = min((n for n in rows if n != "oracle"), key=lambda name: rows[name]["scores"]["summary"]["nrmse"]["mean"])
+    ranked = [name for name in rows if name != "oracle"]
+    best = min(ranked, key=lambda name: rows[name]["scores"]["summary"]["nrmse"]["mean"]) if ranked else None
     for name, row in rows.items():
         summary = row["scores"]["summary"]
 
