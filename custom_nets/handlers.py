@@ -1,6 +1,6 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Training handlers: a wall-clock budget, the cosine learning-rate schedule, a resumable checkpoint, and a mid-slice
-image for TensorBoard."""
+"""Training handlers: a wall-clock budget, the cosine learning-rate schedule, a resumable checkpoint, the deployed
+weights, and a mid-slice image for TensorBoard."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, IterableDataset
 from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from custom_nets.io import atomic_torch_save, read_checkpoint, remove_stale_temporaries
+from custom_nets.networks.layers import fold_spectral_norm_state
 from custom_nets.trainer import GanKeys
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "ResumeCheckpoint",
     "AtomicCheckpointSaver",
     "FinalWeightsSaver",
+    "DeployedWeights",
     "CheckedCheckpointLoader",
     "MidSliceImageHandler",
 ]
@@ -447,10 +449,26 @@ def training_losses(output: Any) -> dict[str, float]:
     return {key: float(item[key]) for key in GanKeys.LOSSES if key in item}
 
 
+class DeployedWeights:
+    """The weights a bundle ships in ``models/model.pt``: ``network``'s flat state dict as deployed, a DDP wrapper
+    removed and every spectral-norm parametrisation folded into its weight
+    (``custom_nets.networks.layers.fold_spectral_norm_state``), CPU tensors. It loads into ``inference.json``'s
+    ``network_def`` (``fold_spectral_norm``: plain convolutions, scriptable) and so into MONAI's ``ckpt_export``,
+    MONAI Label and the Model Zoo's checks, which copy weights by name. Give it to a checkpoint saver's
+    ``save_dict`` in place of the network."""
+
+    def __init__(self, network: torch.nn.Module) -> None:
+        self.network = network
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        network = getattr(self.network, "module", self.network)
+        return _on_cpu(fold_spectral_norm_state(network.state_dict(), network))
+
+
 class FinalWeightsSaver:
-    """At the end of training (ignite ``Events.COMPLETED``), save ``network``'s flat state dict (CPU tensors) to
-    ``path`` atomically: the weights a fixed-budget comparison scores, where no validation selects a model
-    (``custom_nets.evaluation.pipeline``). An empty ``path`` saves nothing. Rank 0 only under DDP."""
+    """At the end of training (ignite ``Events.COMPLETED``), save ``network``'s deployed weights
+    (``DeployedWeights``) to ``path`` atomically: the weights a fixed-budget comparison scores, where no validation
+    selects a model (``custom_nets.evaluation.pipeline``). An empty ``path`` saves nothing. Rank 0 only under DDP."""
 
     def __init__(self, path: str | os.PathLike, network: torch.nn.Module) -> None:
         self.path, self.network = str(path), network
@@ -460,8 +478,7 @@ class FinalWeightsSaver:
 
     def __call__(self, engine: Engine) -> None:
         if self.path and _rank() == 0:
-            network = getattr(self.network, "module", self.network)  # a DDP wrapper saves its module's names
-            atomic_torch_save(self.path, _on_cpu(network.state_dict()))
+            atomic_torch_save(self.path, DeployedWeights(self.network).state_dict())
 
 
 class MidSliceImageHandler:

@@ -86,8 +86,8 @@ def test_training_each_task(task, data_dir, tmp_path):
     assert {"g_loss", "d_loss", "adv", "fm", "l1", "rmse"} <= set(output)
     assert all(np.isfinite(output[k]) for k in ("g_loss", "d_loss"))
     weights = torch.load(tmp_path / "models" / f"model_{task}.pt", weights_only=True)
-    network = workflow.parser.get_parsed_content("network_def")
-    network.load_state_dict(weights)  # the released file is the generator's flat state dict
+    # the deployed weights (flat, spectral norm folded) load strictly into inference's network_def
+    _inference(data_dir, tmp_path, task).parser.get_parsed_content("network_def").load_state_dict(weights)
     assert (tmp_path / "models" / f"resume_{task}.pt").is_file()
 
 

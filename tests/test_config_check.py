@@ -65,12 +65,13 @@ def test_cli_typo_stops_before_anything_is_written(tmp_path):
 
 def test_ids_shared_by_training_and_inference_agree():
     """Inference must rebuild the network and the preprocessing training used: every id both configs define has one
-    value, except those whose job differs (what to import and run, and fitting vs reading the prior)."""
+    value, except those whose job differs (what to import and run, fitting vs reading the prior, and spectral norm
+    as a parametrisation to train vs folded into the weights: the same outputs, tests/test_export.py)."""
     import json
 
     train = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
     infer = json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8"))
-    differing = {"imports", "initialize", "run", "prior"}
+    differing = {"imports", "initialize", "run", "prior", "fold_spectral_norm"}
     shared = sorted(set(train) & set(infer) - differing)
     assert {"network_def", "load_transforms", "input_keys", "per_voxel_prior", "residual_on_prior"} <= set(shared)
     assert {key for key in shared if train[key] != infer[key]} == set()

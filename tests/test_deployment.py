@@ -116,7 +116,12 @@ def _workflow(configs: list[str], kind: str, tmp_path, **overrides) -> ConfigWor
     return workflow
 
 
-WORKFLOWS = [(["train.json"], "train"), (["inference.json"], "infer"), (["train.json", "evaluate.json"], "train")]
+WORKFLOWS = [
+    (["train.json"], "train"),
+    (["inference.json"], "infer"),
+    (["train.json", "evaluate.json"], "train"),
+    (["train.json", "evaluate.json"], "eval"),  # MONAI's InferProperties, as evaluate.json defines them
+]
 
 
 @pytest.mark.parametrize(
@@ -247,12 +252,14 @@ def test_monai_label_training_call(stacked_case, tmp_path):
         **overrides,
     )
     state = torch.load(root / "models" / "model.pt", map_location="cpu")
-    parser.update(TINY)
-    parser["bundle_root"] = str(root)
-    parser.get_parsed_content("network_def").load_state_dict(state)  # a flat generator state dict
+    inference = ConfigParser()
+    inference.read_config(str(root / "configs" / "inference.json"))
+    inference.update({**TINY, "bundle_root": str(root)})
+    inference.get_parsed_content("network_def").load_state_dict(state)  # what MONAI Label's infer task loads next
 
 
-def test_ckpt_export_torchscript_and_onnx_match_eager(tmp_path):
+@pytest.mark.parametrize("use_trace", [False, True])  # scripting is what the Model Zoo's CI runs
+def test_ckpt_export_torchscript_and_onnx_match_eager(use_trace, tmp_path):
     root = _bundle_copy(tmp_path)
     overrides = ["--" + k.replace("#", "#") + "=" + json.dumps(v) for k, v in TINY.items()]
     command = [
@@ -271,10 +278,7 @@ def test_ckpt_export_torchscript_and_onnx_match_eager(tmp_path):
         str(CONFIGS / "inference.json"),
         "--bundle_root",
         str(root),
-        "--use_trace",
-        "True",
-        "--input_shape",
-        "[1, 3, 32, 32, 32]",
+        *(["--use_trace", "True", "--input_shape", "[1, 3, 32, 32, 32]"] if use_trace else []),
         *overrides,
     ]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -291,6 +295,8 @@ def test_ckpt_export_torchscript_and_onnx_match_eager(tmp_path):
         scripted = torch.jit.load(str(root / "models" / "model.ts"))(x)
     torch.testing.assert_close(scripted, expected, atol=1e-5, rtol=1e-4)
 
+    if not use_trace:
+        return
     onnxruntime = pytest.importorskip("onnxruntime")
     from custom_nets import bake_spectral_norm
 
@@ -420,3 +426,42 @@ def test_tracking_mlflow_with_a_local_store(data_dir, tmp_path):
     experiment = mlflow.get_experiment_by_name("scgan_test")
     runs = mlflow.search_runs([experiment.experiment_id], output_format="list")
     assert runs and "train_loss" in runs[0].data.metrics, runs[0].data.metrics  # the generator's total loss
+
+
+_IMPORTS = r"""
+import importlib.metadata, json, sys
+from monai.bundle import ConfigWorkflow
+configs, data, root = sys.argv[1:4]
+training, inference = json.loads(sys.argv[4]), json.loads(sys.argv[5])
+for files, kind, ids, overrides in (
+    (["train.json"], "train", ["train#trainer", "validate#evaluator"], training),
+    (["train.json", "evaluate.json"], "eval", ["validate#evaluator"], training),
+    (["inference.json"], "infer", ["evaluator"], inference),
+):
+    flow = ConfigWorkflow(config_file=[f"{configs}/{f}" for f in files], meta_file=f"{configs}/metadata.json",
+                          workflow_type=kind, bundle_root=root, dataset_dir=data, **overrides)
+    flow.initialize()
+    for name in ids:
+        flow.parser.get_parsed_content(name)
+owners = importlib.metadata.packages_distributions()
+loaded = {owner.lower() for module in list(sys.modules) if "." not in module for owner in owners.get(module, [])}
+print("LOADED " + json.dumps(sorted(loaded)))
+"""
+
+
+def test_metadata_lists_the_packages_the_configs_import(data_dir, tmp_path):
+    """Every required package is imported by the train, evaluate and inference workflows with their defaults, and the
+    packages only the data generator, the reports or non-default settings use are not."""
+    training = {**TINY, "epochs": 1, "progress_bar": True, "discriminator_def#channels": [8, 8, 16, 16]}
+    command = [sys.executable, "-c", _IMPORTS, str(CONFIGS), str(data_dir), str(tmp_path)]
+    command += [json.dumps(training), json.dumps(TINY)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    line = next(line for line in result.stdout.splitlines() if line.startswith("LOADED "))
+    loaded = set(json.loads(line.removeprefix("LOADED ")))
+    # fire: `python -m monai.bundle run ...` parses its command line with it (monai/bundle/__main__.py)
+    required = {name.lower() for name in _metadata()["required_packages_version"]} - {"fire"}
+    # a meta-package (itk) is imported through its parts (itk-core, ...)
+    assert {name for name in required if not any(d == name or d.startswith(f"{name}-") for d in loaded)} == set()
+    assert "tqdm" in required and "optional_packages_version" not in _metadata()  # MONAI 1.6.1 renames it to required
+    assert loaded & {"nilearn", "matplotlib", "deepbet", "pybids", "intensity-normalization"} == set()

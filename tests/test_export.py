@@ -75,3 +75,39 @@ def test_onnx_matches_eager(tmp_path):
         with torch.no_grad():
             expected = net(x).numpy()
         np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], expected, rtol=1e-4, atol=1e-5)
+
+
+@parameterized.expand([["resize", 3], ["deconv", 3], ["resize", 2]])
+def test_folded_generator_loads_parametrised_weights_and_scripts(up_mode, spatial_dims):
+    """Inference's network_def (``fold_spectral_norm``) gives the parametrised network's eval outputs from its state
+    dict or from the deployed weights, and scripts (the Model Zoo exports with ``torch.jit.script``)."""
+    from custom_nets import build_generator
+    from custom_nets.handlers import DeployedWeights
+
+    settings = {**SMALL, "up_mode": up_mode, "spatial_dims": spatial_dims, "in_channels": 3, "residual_channel": 2}
+    torch.manual_seed(0)
+    trained = build_generator(**settings).train()
+    x = torch.rand(2, 3, 16, 16, 16)
+    for _ in range(2):
+        trained(x)  # power iterations move u and v away from their initial values
+    trained.eval()
+    folded = build_generator(**settings, fold_spectral_norm=True).eval()
+    assert has_spectral_norm(trained) and not has_spectral_norm(folded)
+    with torch.no_grad():
+        expected = trained(x)
+        folded.load_state_dict(trained.state_dict())  # a checkpoint saved with the parametrisation
+        torch.testing.assert_close(folded(x), expected, rtol=0, atol=0)
+        deployed = DeployedWeights(trained).state_dict()
+        assert set(deployed) == set(folded.state_dict()) and not any("parametrizations" in k for k in deployed)
+        folded.load_state_dict(deployed)  # strict: exactly the folded network's names
+        torch.testing.assert_close(folded(x), expected, rtol=0, atol=0)
+        torch.testing.assert_close(torch.jit.script(folded)(x), expected)
+
+
+def test_fold_needs_the_power_iteration_vectors():
+    from custom_nets.networks.layers import fold_spectral_norm_state
+
+    net = _trained_generator()
+    state = {k: v for k, v in net.state_dict().items() if not k.endswith("._v")}
+    with pytest.raises(KeyError):
+        fold_spectral_norm_state(state, net)

@@ -14,7 +14,7 @@ from monai.networks.layers.utils import get_act_layer
 from torch import nn
 
 from custom_nets.networks.blocks.self_attention import SelfAttention3d
-from custom_nets.networks.layers import as_tuple, init_normal, make_conv, make_norm
+from custom_nets.networks.layers import accept_spectral_norm_state, as_tuple, init_normal, make_conv, make_norm
 
 __all__ = ["SCGANGenerator", "GENERATOR_PRESETS"]
 
@@ -115,6 +115,11 @@ class SCGANGenerator(nn.Module):
             al., CVPR 2016), whose convolution is zero-initialised and not spectrally normalised, so training starts
             from the prior exactly. The correction is signed: ``out_act`` does not act on it, the sum is clamped to
             ``out_act``'s range instead (relu: ≥ 0, sigmoid: [0, 1], tanh: [-1, 1]). ``None``: the paper's output.
+        fold_spectral_norm: with ``spectral_norm``, build plain convolutions that hold the spectrally normalised
+            weights (the deployed form: scriptable with ``torch.jit.script``, no power iterations, the eval-mode
+            outputs of the parametrised network); state dicts saved with the parametrisation are folded as they load
+            (``custom_nets.networks.layers.fold_spectral_norm_state``). For inference: trained, it would have no
+            spectral norm.
 
     Raises:
         ValueError: an argument outside its documented range (the message names it).
@@ -145,6 +150,7 @@ class SCGANGenerator(nn.Module):
         out_act: str | tuple | None = None,
         attention: bool = True,
         residual_channel: int | None = None,
+        fold_spectral_norm: bool = False,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -174,17 +180,19 @@ class SCGANGenerator(nn.Module):
         self.size_divisor = math.prod(self.strides)
         self.min_size = 2 if output_attention else 1
         final_channels = in_channels if final_channels is None else final_channels
+        self.spectral_norm_folded = spectral_norm and fold_spectral_norm
+        parametrized = spectral_norm and not fold_spectral_norm
 
         def conv(cin: int, cout: int, kernel: int, stride: int = 1, transposed: bool = False, bias: bool = False):
             layer = make_conv(
-                spatial_dims, cin, cout, kernel, stride, transposed, bias, spectral_norm, n_power_iterations
+                spatial_dims, cin, cout, kernel, stride, transposed, bias, parametrized, n_power_iterations
             )
             init_normal(layer)
             return layer
 
         def attention(ch: int, pool: int = attention_pool, stride: int | None = None) -> nn.Module:
             return SelfAttention3d(
-                spatial_dims, ch, pool, stride, spectral_norm=spectral_norm, n_power_iterations=n_power_iterations
+                spatial_dims, ch, pool, stride, spectral_norm=parametrized, n_power_iterations=n_power_iterations
             )
 
         self.encoder = nn.ModuleList()
@@ -237,6 +245,8 @@ class SCGANGenerator(nn.Module):
         self.residual_channel = residual_channel
         name = (out_act[0] if isinstance(out_act, tuple) else out_act or "").lower()
         self.residual_low, self.residual_high = RESIDUAL_RANGES.get(name, (None, None))
+        if self.spectral_norm_folded:
+            accept_spectral_norm_state(self)
 
     @classmethod
     def from_preset(cls, preset: str = "cpu", **overrides: Any) -> SCGANGenerator:

@@ -1,5 +1,5 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
-"""Convolution factory with optional spectral normalisation, and the helper that bakes it into plain weights.
+"""Convolution factory with optional spectral normalisation, and the helpers that fold it into plain weights.
 
 Spectral normalisation (Miyato et al., ICLR 2018) is applied as in the SC-GAN code (Lan et al., MRM 2021): the weight is
 viewed as a matrix with the output channels on one side (PyTorch uses ``(out, in * k**d)``, the TF code ``(k**d * in,
@@ -10,7 +10,8 @@ power iterations per training step.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from monai.networks.layers.factories import Conv
@@ -28,7 +29,13 @@ __all__ = [
     "transposed_padding",
     "bake_spectral_norm",
     "has_spectral_norm",
+    "fold_spectral_norm_state",
+    "accept_spectral_norm_state",
 ]
+
+# state-dict names of torch.nn.utils.parametrizations.spectral_norm on a module's ``weight``
+_ORIGINAL = ".parametrizations.weight.original"
+_VECTORS = ".parametrizations.weight.0._"
 
 
 def same_padding(kernel_size: int) -> int:
@@ -118,6 +125,53 @@ def bake_spectral_norm(module: nn.Module) -> nn.Module:
             for name, tensor in plain.items():
                 sub.register_parameter(name, nn.Parameter(tensor))
     return baked
+
+
+def fold_spectral_norm_state(state: Mapping[str, Any], module: nn.Module, prefix: str = "") -> dict[str, Any]:
+    """``state`` (a state dict of ``module``, keys starting with ``prefix``) with every spectral-norm parametrisation
+    replaced by the weight it gives in eval mode, ``original / sigma`` with ``sigma = u . (W v)`` from the stored
+    power-iteration vectors (``torch.nn.utils.parametrizations.spectral_norm``; ``W`` is the weight as a matrix with
+    the output channels first: dimension 0 of a convolution's weight, 1 of a transposed convolution's).
+
+    The result loads into the same network built without the parametrisation and gives the outputs of the
+    parametrised one in eval mode: the deployed form of a spectrally normalised network (``bake_spectral_norm`` does
+    the same on a module). Other entries are kept as they are.
+
+    Args:
+        state: ``name -> tensor``; entries ``<path>.parametrizations.weight.original`` and
+            ``<path>.parametrizations.weight.0._u`` / ``._v`` are folded into ``<path>.weight``.
+        module: the network the state belongs to (used to tell transposed convolutions apart).
+        prefix: the prefix of ``module``'s names in ``state`` (as in ``load_state_dict`` pre-hooks).
+
+    Raises:
+        KeyError: a parametrised weight without its power-iteration vectors.
+    """
+    folded: dict[str, Any] = {}
+    for key, value in state.items():
+        if key.endswith(_ORIGINAL):
+            path = key[: -len(_ORIGINAL)]
+            u, v = state[f"{path}{_VECTORS}u"], state[f"{path}{_VECTORS}v"]
+            layer = module.get_submodule(path[len(prefix) :])
+            dim = 1 if isinstance(layer, nn.modules.conv._ConvTransposeNd) else 0
+            matrix = value.movedim(dim, 0).flatten(1)
+            folded[f"{path}.weight"] = value / torch.vdot(u, torch.mv(matrix, v))
+        elif _VECTORS not in key:
+            folded[key] = value
+    return folded
+
+
+def accept_spectral_norm_state(module: nn.Module) -> nn.Module:
+    """Let ``module`` (built without spectral-norm parametrisations) load state dicts saved from its parametrised
+    twin: a ``load_state_dict`` pre-hook folds them with ``fold_spectral_norm_state``. Returns ``module``."""
+
+    def fold_on_load(owner: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+        keys = [key for key in state_dict if key.startswith(prefix)]
+        if any(key.endswith(_ORIGINAL) for key in keys):
+            own = {key: state_dict.pop(key) for key in keys}
+            state_dict.update(fold_spectral_norm_state(own, owner, prefix))
+
+    module.register_load_state_dict_pre_hook(fold_on_load)
+    return module
 
 
 def as_tuple(value: int | Sequence[int], length: int, name: str) -> tuple[int, ...]:

@@ -27,15 +27,15 @@ class SliceWise(nn.Module):
         self.network, self.axis = network, axis
 
     def _fold(self, x: torch.Tensor) -> torch.Tensor:
-        moved = x.movedim(self.axis, 1)  # (B, S, C, a, b)
-        return moved.reshape(-1, *moved.shape[2:])
+        return x.movedim(self.axis, 1).flatten(0, 1)  # (B, S, C, a, b) -> (B·S, C, a, b)
 
     def _unfold(self, y: torch.Tensor, batch: int) -> torch.Tensor:
-        return y.reshape(batch, -1, *y.shape[1:]).movedim(1, self.axis)
+        return y.unflatten(0, [batch, -1]).movedim(1, self.axis)
 
     def forward(self, x: torch.Tensor):
+        # written for torch.jit.script too (a generator's Tensor output; the list branch is a discriminator's)
         if x.ndim != 5:
-            raise ValueError(f"SliceWise expects a 3D input (B, C, H, W, D), got shape {tuple(x.shape)}.")
+            raise ValueError(f"SliceWise expects a 3D input (B, C, H, W, D), got shape {list(x.shape)}.")
         out = self.network(self._fold(x))
         if isinstance(out, (list, tuple)):
             return [self._unfold(o, x.shape[0]) for o in out]
