@@ -5,6 +5,8 @@ import pytest
 import torch
 from parameterized import parameterized
 
+from custom_nets.networks.generator import ATTENTION_SITES
+
 from custom_nets import SCGANDiscriminator, SCGANGenerator, bake_spectral_norm
 from custom_nets.networks.layers import has_spectral_norm
 
@@ -77,14 +79,15 @@ def test_onnx_matches_eager(tmp_path):
         np.testing.assert_allclose(session.run(None, {"image": x.numpy()})[0], expected, rtol=1e-4, atol=1e-5)
 
 
-@parameterized.expand([["resize", 3], ["deconv", 3], ["resize", 2]])
-def test_folded_generator_loads_parametrised_weights_and_scripts(up_mode, spatial_dims):
+@parameterized.expand([["resize", 3, ()], ["deconv", 3, ()], ["resize", 2, ()], ["resize", 3, ATTENTION_SITES]])
+def test_folded_generator_loads_parametrised_weights_and_scripts(up_mode, spatial_dims, local_sites):
     """Inference's network_def (``fold_spectral_norm``) gives the parametrised network's eval outputs from its state
     dict or from the deployed weights, and scripts (the Model Zoo exports with ``torch.jit.script``)."""
     from custom_nets import build_generator
     from custom_nets.handlers import DeployedWeights
 
     settings = {**SMALL, "up_mode": up_mode, "spatial_dims": spatial_dims, "in_channels": 3, "residual_channel": 2}
+    settings["local_attention_sites"] = local_sites
     torch.manual_seed(0)
     trained = build_generator(**settings).train()
     x = torch.rand(2, 3, 16, 16, 16)

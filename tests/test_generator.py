@@ -148,6 +148,8 @@ def test_input_that_does_not_fit(shape, message):
         [dict(dropout=1.0), "dropout"],
         [dict(residual_channel=2), "residual_channel"],
         [dict(residual_channel=-1), "residual_channel"],
+        [dict(local_attention_sites=("middle",)), "local_attention_sites"],
+        [dict(local_attention_sites=("output",), attention_window=0), "attention_window"],
     ]
 )
 def test_bad_arguments(kwargs, word):
@@ -174,3 +176,17 @@ def test_residual_output_starts_at_the_base_channel_and_learns_a_correction(spat
     moved = generator(x) - x[:, 2:3]
     assert moved.abs().max() > 1e-4 and (moved > 0).any() and (moved < 0).any()  # a signed correction
     assert not has_spectral_norm(generator.head[0])
+
+
+@parameterized.expand([[3, ("output",)], [3, ("encoder", "decoder", "output")], [2, ("decoder",)]])
+def test_local_attention_sites(spatial_dims, sites):
+    """Local sites swap the key set, not the parameters: same state-dict names and shapes as the paper's model."""
+    kwargs = dict(spatial_dims=spatial_dims, channels=(8, 16, 32), encoder_attention_levels=(3,))
+    kwargs.update(decoder_attention_levels=(2,), output_attention_stride=4)
+    pooled = SCGANGenerator(**kwargs)
+    local = SCGANGenerator(**kwargs, local_attention_sites=sites, attention_window=4)
+    assert {k: v.shape for k, v in pooled.state_dict().items()} == {k: v.shape for k, v in local.state_dict().items()}
+    windows = {m.window_size: m.window_shift for m in local.modules() if isinstance(m, SelfAttention3d)}
+    assert 4 in windows and (0 in windows) == (len(sites) < 3)
+    x = torch.randn(1, 2, *([24] * spatial_dims))
+    assert local(x).shape == (1, 1, *([24] * spatial_dims))

@@ -82,6 +82,9 @@ def test_without_spectral_norm():
         [dict(spatial_dims=3, in_channels=0), "in_channels"],
         [dict(spatial_dims=3, in_channels=8, pool_size=0), "pool_size"],
         [dict(spatial_dims=3, in_channels=8, implementation="flash"), "implementation"],
+        [dict(spatial_dims=3, in_channels=8, pool_size=2, window_size=4), "pool_size=1"],
+        [dict(spatial_dims=3, in_channels=8, pool_size=1, window_size=4, window_shift=4), "window_shift"],
+        [dict(spatial_dims=3, in_channels=8, pool_size=1, window_size=-1), "window_size"],
     ]
 )
 def test_bad_arguments(kwargs, word):
@@ -92,3 +95,74 @@ def test_bad_arguments(kwargs, word):
 def test_too_small_input():
     with pytest.raises(ValueError, match="pool_size=4"):
         SelfAttention3d(3, 8, pool_size=4)(torch.randn(1, 8, 2, 8, 8))
+
+
+# [spatial_dims, channels, spatial shape, window_size, window_shift]: whole windows, padding, shifts, anisotropic shapes
+LOCAL_CASES = [
+    [3, 16, (8, 8, 8), 4, 0],
+    [3, 16, (8, 8, 8), 4, 2],
+    [3, 8, (6, 7, 5), 4, 1],
+    [3, 1, (8, 4, 6), 2, 1],
+    [2, 32, (12, 12), 4, 0],
+    [2, 4, (9, 6), 4, 3],
+]
+
+
+def _local_reference(block: SelfAttention3d, x: torch.Tensor) -> torch.Tensor:
+    """Full N×N attention restricted by window membership computed from voxel coordinates, independent of the
+    block's padding and partitioning: voxel i sees voxel j iff floor((p + shift) / w) agrees on every axis."""
+    spatial = x.shape[2:]
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in spatial], indexing="ij"), -1).reshape(-1, len(spatial))
+    window_of = (coords + block.window_shift) // block.window_size
+    same_window = (window_of[:, None, :] == window_of[None, :, :]).all(-1)
+    query = block.theta(x).flatten(2).transpose(1, 2)
+    key = block.phi(x).flatten(2).transpose(1, 2)
+    value = block.g(x).flatten(2).transpose(1, 2)
+    scores = torch.bmm(query, key.transpose(1, 2)).masked_fill(~same_window, float("-inf"))
+    attended = torch.bmm(torch.softmax(scores, -1), value).transpose(1, 2).reshape(x.shape[0], -1, *spatial)
+    out = block.out_proj(attended)
+    return x + (block.sigma / (1 + block.sigma)) * (out - x)
+
+
+@parameterized.expand(LOCAL_CASES)
+def test_local_attention_matches_the_windowed_reference(spatial_dims, channels, shape, window, shift):
+    torch.manual_seed(0)
+    block = _with_open_gate(SelfAttention3d(spatial_dims, channels, 1, window_size=window, window_shift=shift))
+    x = torch.randn(2, channels, *shape)
+    with torch.no_grad():
+        reference = _local_reference(block, x)
+        fused = block(x)
+        block.implementation = "naive"
+        naive = block(x)
+    assert fused.shape == x.shape
+    for result in (fused, naive):
+        assert torch.linalg.vector_norm(result - reference) <= 1e-5 * torch.linalg.vector_norm(reference)
+
+
+def test_local_attention_stays_within_its_window():
+    """A change in one window leaves every other window's output unchanged (and changes its own)."""
+    torch.manual_seed(0)
+    block = _with_open_gate(SelfAttention3d(3, 8, 1, window_size=4))
+    x = torch.randn(1, 8, 8, 8, 8)
+    changed = x.clone()
+    changed[..., :4, :4, :4] += 1.0
+    with torch.no_grad():
+        difference = (block(changed) - block(x)).abs().amax(1)
+    assert difference[0, :4, :4, :4].min() > 0
+    difference[0, :4, :4, :4] = 0
+    assert difference.max() == 0
+
+
+def test_local_attention_uses_the_flash_kernel_on_whole_windows():
+    block = _with_open_gate(SelfAttention3d(3, 16, 1, window_size=4))
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION), torch.no_grad():  # a silent math fallback would raise here
+        assert block(torch.randn(1, 16, 8, 8, 8)).shape == (1, 16, 8, 8, 8)
+
+
+@parameterized.expand([[0], [2]])
+def test_local_attention_scripts_and_matches_eager(shift):
+    block = _with_open_gate(SelfAttention3d(3, 8, 1, window_size=4, window_shift=shift, spectral_norm=False))
+    scripted = torch.jit.script(block)
+    x = torch.randn(1, 8, 6, 8, 5)
+    with torch.no_grad():
+        assert torch.allclose(scripted(x), block(x), atol=1e-6)

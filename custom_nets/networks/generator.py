@@ -19,6 +19,8 @@ from custom_nets.networks.layers import accept_spectral_norm_state, as_tuple, in
 __all__ = ["SCGANGenerator", "GENERATOR_PRESETS"]
 
 UP_MODES = ("resize", "deconv")
+# where the generator has attention: after encoder levels, after decoder levels, on the output maps
+ATTENTION_SITES = ("encoder", "decoder", "output")
 # the value range of each output activation: a residual output (prior + correction) is clamped to it
 RESIDUAL_RANGES = {"relu": (0.0, None), "sigmoid": (0.0, 1.0), "tanh": (-1.0, 1.0)}
 
@@ -120,6 +122,11 @@ class SCGANGenerator(nn.Module):
             outputs of the parametrised network); state dicts saved with the parametrisation are folded as they load
             (``custom_nets.networks.layers.fold_spectral_norm_state``). For inference: trained, it would have no
             spectral norm.
+        local_attention_sites: attention sites (``"encoder"``, ``"decoder"``, ``"output"``) that use local windowed
+            attention (``SelfAttention3d(window_size=...)``: each voxel attends to its ``attention_window**d``
+            window, memory O(N·w**d)) instead of the paper's pooled global attention; ``()`` is the paper's model.
+        attention_window: the window edge ``w`` of the local sites. The decoder's windows are shifted by ``w // 2``
+            so that its window borders do not coincide with the encoder's.
 
     Raises:
         ValueError: an argument outside its documented range (the message names it).
@@ -151,6 +158,8 @@ class SCGANGenerator(nn.Module):
         attention: bool = True,
         residual_channel: int | None = None,
         fold_spectral_norm: bool = False,
+        local_attention_sites: Sequence[str] = (),
+        attention_window: int = 4,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -163,6 +172,13 @@ class SCGANGenerator(nn.Module):
             raise ValueError(f"up_mode must be one of {UP_MODES}, got {up_mode!r}.")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}.")
+        if isinstance(local_attention_sites, str):
+            local_attention_sites = (local_attention_sites,)
+        unknown_sites = set(local_attention_sites) - set(ATTENTION_SITES)
+        if unknown_sites:
+            raise ValueError(f"local_attention_sites must be among {ATTENTION_SITES}, got {sorted(unknown_sites)}.")
+        if attention_window < 1:
+            raise ValueError(f"attention_window must be a positive window edge, got {attention_window}.")
         depth = len(channels)
         if not attention:
             encoder_attention_levels, decoder_attention_levels, output_attention = (), (), False
@@ -178,7 +194,7 @@ class SCGANGenerator(nn.Module):
             if bad:
                 raise ValueError(f"{name} must be within {list(valid)} for a {depth}-level generator, got {bad}.")
         self.size_divisor = math.prod(self.strides)
-        self.min_size = 2 if output_attention else 1
+        self.min_size = 2 if output_attention and "output" not in local_attention_sites else 1
         final_channels = in_channels if final_channels is None else final_channels
         self.spectral_norm_folded = spectral_norm and fold_spectral_norm
         parametrized = spectral_norm and not fold_spectral_norm
@@ -190,9 +206,20 @@ class SCGANGenerator(nn.Module):
             init_normal(layer)
             return layer
 
-        def attention(ch: int, pool: int = attention_pool, stride: int | None = None) -> nn.Module:
+        def attention(site: str, ch: int, pool: int = attention_pool, stride: int | None = None) -> nn.Module:
+            window, shift = 0, 0
+            if site in local_attention_sites:
+                window, pool, stride = attention_window, 1, 1
+                shift = attention_window // 2 if site == "decoder" else 0
             return SelfAttention3d(
-                spatial_dims, ch, pool, stride, spectral_norm=parametrized, n_power_iterations=n_power_iterations
+                spatial_dims,
+                ch,
+                pool,
+                stride,
+                spectral_norm=parametrized,
+                n_power_iterations=n_power_iterations,
+                window_size=window,
+                window_shift=shift,
             )
 
         self.encoder = nn.ModuleList()
@@ -203,7 +230,7 @@ class SCGANGenerator(nn.Module):
                 layers.append(make_norm(norm, spatial_dims, ch))
             layers.append(get_act_layer(act))
             if level in encoder_attention_levels:
-                layers.append(attention(ch))
+                layers.append(attention("encoder", ch))
             self.encoder.append(nn.Sequential(*layers))
             previous = ch
 
@@ -222,7 +249,7 @@ class SCGANGenerator(nn.Module):
                 layers.append(nn.Dropout(dropout))
             layers.append(get_act_layer(up_act))
             if level - 1 in decoder_attention_levels:
-                layers.append(attention(cout))
+                layers.append(attention("decoder", cout))
             self.decoder.append(nn.Sequential(*layers))
 
         if residual_channel is not None:
@@ -235,7 +262,7 @@ class SCGANGenerator(nn.Module):
             head_conv = conv(final_channels, out_channels, 3, bias=True)
         head = [head_conv]
         if output_attention:
-            head.append(attention(out_channels, pool=2, stride=output_attention_stride))
+            head.append(attention("output", out_channels, pool=2, stride=output_attention_stride))
         if residual_channel is not None and not 0 <= residual_channel < in_channels:
             raise ValueError(f"residual_channel must be within [0, {in_channels - 1}], got {residual_channel}.")
         # a residual is signed, so the output activation cannot act on it; the sum is clamped to its range instead

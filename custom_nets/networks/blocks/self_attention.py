@@ -1,9 +1,12 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
 # Ported from Haoyulance/SC-GAN src/utils/util.py::sn_attention (TF1). Changes: PyTorch, 2D or 3D, the pooling factor
-# and stride are arguments, and the core runs through the fused scaled_dot_product_attention kernel.
-"""BigGAN-style self-attention with pooled keys and values, as used by SC-GAN."""
+# and stride are arguments, the core runs through the fused scaled_dot_product_attention kernel, and a local (windowed)
+# key set is offered next to the pooled global one (the sparse attention the paper suggests for its memory cost).
+"""BigGAN-style self-attention with pooled keys and values, as used by SC-GAN, or with local windows."""
 
 from __future__ import annotations
+
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,13 @@ class SelfAttention3d(nn.Module):
     would silently fall back to the N×M math path. On CUDA the memory-efficient kernel accepts the unequal widths. The
     ``"naive"`` implementation materialises the matrix and is kept as the reference for tests.
 
+    Local attention (``window_size = w > 0``): instead of the pooled global key set, each query attends to the ``w**d``
+    voxels of its non-overlapping window (keys and values not pooled), as in the windowed attention of Swin
+    (Liu et al., ICCV 2021) and of 3D Swin-UNETR (Hatamizadeh et al., 2022). Memory and time are O(N·w**d) instead of
+    O(N·M). ``window_shift = s`` moves the window grid by ``s`` voxels along every axis (shifted windows, so that two
+    sites do not share window borders). Sizes that are not multiples of ``w`` and the shift are handled by zero
+    padding whose keys are masked out, so a query only ever sees real voxels of its window (no wrap-around).
+
     Shapes: input ``(B, C, *spatial)``, output the same. Every spatial size must be at least ``pool_size``.
 
     Args:
@@ -49,6 +59,13 @@ class SelfAttention3d(nn.Module):
         spectral_norm: spectrally normalise the projections.
         n_power_iterations: power iterations of spectral normalisation per training step.
         implementation: ``"fused"`` (SDPA kernel) or ``"naive"`` (explicit score matrix, for reference).
+        window_size: ``w``: local attention within ``w**d`` windows; 0 (default) for the pooled global attention.
+            Needs ``pool_size=1`` (keys are the window's voxels).
+        window_shift: ``s`` in ``[0, w)``, the offset of the window grid (local attention only).
+
+    Raises:
+        ValueError: a spatial_dims, channel count, pooling, implementation or window argument out of range, or an
+            input whose shape does not fit (in ``forward``).
     """
 
     def __init__(
@@ -60,6 +77,8 @@ class SelfAttention3d(nn.Module):
         spectral_norm: bool = True,
         n_power_iterations: int = 1,
         implementation: str = "fused",
+        window_size: int = 0,
+        window_shift: int = 0,
     ) -> None:
         super().__init__()
         if spatial_dims not in (2, 3):
@@ -70,6 +89,14 @@ class SelfAttention3d(nn.Module):
             raise ValueError(f"pool_size and pool_stride must be positive, got {pool_size} and {pool_stride}.")
         if implementation not in ATTENTION_IMPLEMENTATIONS:
             raise ValueError(f"implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}.")
+        if window_size < 0 or (window_size > 0 and pool_size != 1) or not 0 <= window_shift < max(window_size, 1):
+            raise ValueError(
+                "local attention needs window_size >= 1, pool_size=1 and 0 <= window_shift < window_size; got "
+                f"window_size={window_size}, pool_size={pool_size}, window_shift={window_shift}."
+            )
+        self.window_size = window_size
+        self.window_shift = window_shift
+        self.window_volume = window_size**spatial_dims
         self.spatial_dims = spatial_dims
         self.pool_size = pool_size
         self.pool_stride = pool_size if pool_stride is None else pool_stride
@@ -97,11 +124,19 @@ class SelfAttention3d(nn.Module):
             weight = conv.parametrizations.weight.original if hasattr(conv, "parametrizations") else conv.weight
             nn.init.xavier_uniform_(weight)  # the paper's code initialises the 1x1 projections with Xavier
 
-    def attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``softmax(q kᵀ) v`` for ``q (B, N, Dqk)``, ``k (B, M, Dqk)``, ``v (B, M, Dv)``; returns ``(B, N, Dv)``."""
+    def attend(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_mask: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
+        """``softmax(q kᵀ) v`` for ``q (B, N, Dqk)``, ``k (B, M, Dqk)``, ``v (B, M, Dv)``; returns ``(B, N, Dv)``.
+        ``key_mask`` (``(B, M)`` bool, True = a real key) leaves the masked keys out."""
         if self.implementation == "naive":
             scores = torch.bmm(query, key.transpose(1, 2))
+            if key_mask is not None:
+                scores = scores.masked_fill(~key_mask.unsqueeze(1), float("-inf"))
             return torch.bmm(torch.softmax(scores, dim=-1), value)
+        attn_mask: Optional[torch.Tensor] = None
+        if key_mask is not None:
+            attn_mask = key_mask[:, None, None, :]  # (B, heads, N, M), broadcast
         if query.device.type != "cuda":
             # The CPU flash kernel needs one width for q, k and v; zero columns leave q kᵀ unchanged.
             width = max(self.qk_channels, self.v_channels)
@@ -110,7 +145,11 @@ class SelfAttention3d(nn.Module):
             value = F.pad(value, (0, width - self.v_channels))
         # A singleton head dimension: (B, 1, N, D). contiguous() keeps SDPA off the strided math fallback.
         out = F.scaled_dot_product_attention(
-            query.unsqueeze(1).contiguous(), key.unsqueeze(1).contiguous(), value.unsqueeze(1).contiguous(), scale=1.0
+            query.unsqueeze(1).contiguous(),
+            key.unsqueeze(1).contiguous(),
+            value.unsqueeze(1).contiguous(),
+            attn_mask=attn_mask,
+            scale=1.0,
         )
         return out.squeeze(1)[..., : self.v_channels]
 
@@ -121,15 +160,70 @@ class SelfAttention3d(nn.Module):
                 f"expected a {self.spatial_dims}D input (B, C, *spatial) with every spatial size >= "
                 f"pool_size={self.pool_size}, got shape {x.shape}."
             )
-        # "b c *s -> b (*s) c" for queries, pooled keys and values
-        query = self.theta(x).flatten(2).transpose(1, 2)
-        key = self.pool(self.phi(x)).flatten(2).transpose(1, 2)
-        value = self.pool(self.g(x)).flatten(2).transpose(1, 2)
-        attended = self.attend(query, key, value)
-        # "b (*s) c -> b c *s"
-        attended_shape = list(x.shape)
-        attended_shape[1] = self.v_channels
-        attended = attended.transpose(1, 2).reshape(attended_shape)
+        if self.window_size > 0:
+            attended = self.local_attention(self.theta(x), self.phi(x), self.g(x))
+        else:
+            # "b c *s -> b (*s) c" for queries, pooled keys and values
+            query = self.theta(x).flatten(2).transpose(1, 2)
+            key = self.pool(self.phi(x)).flatten(2).transpose(1, 2)
+            value = self.pool(self.g(x)).flatten(2).transpose(1, 2)
+            attended = self.attend(query, key, value)
+            # "b (*s) c -> b c *s"
+            attended_shape = list(x.shape)
+            attended_shape[1] = self.v_channels
+            attended = attended.transpose(1, 2).reshape(attended_shape)
         out = self.out_proj(attended)
         # (x + σ·o) / (1 + σ), written so that autograd keeps one N×C tensor instead of two
         return x + (self.sigma / (1 + self.sigma)) * (out - x)
+
+    def window_grid(self, spatial: List[int]) -> List[int]:
+        """Windows per axis once the grid is shifted by ``window_shift`` and padded to whole windows."""
+        w = self.window_size
+        return [(size + self.window_shift + w - 1) // w for size in spatial]
+
+    def window_padding(self, spatial: List[int], grid: List[int]) -> List[int]:
+        """``F.pad``'s argument: ``window_shift`` before and up to whole windows after each axis (last axis first)."""
+        pad: List[int] = []
+        for axis in range(self.spatial_dims - 1, -1, -1):
+            pad += [self.window_shift, grid[axis] * self.window_size - spatial[axis] - self.window_shift]
+        return pad
+
+    def partition(self, t: torch.Tensor, grid: List[int]) -> torch.Tensor:
+        """``(B, C, n1·w, ..., nd·w) -> (B·n1···nd, w**d, C)``, windows in ``(B, n1, ..., nd)`` order."""
+        batch, channels, w, d = t.shape[0], t.shape[1], self.window_size, self.spatial_dims
+        split: List[int] = [batch, channels]
+        for n in grid:
+            split += [n, w]
+        # (B, C, n1, w, ..., nd, w) -> (B, n1, ..., nd, w, ..., w, C)
+        order = [0] + [2 + 2 * i for i in range(d)] + [3 + 2 * i for i in range(d)] + [1]
+        return t.reshape(split).permute(order).reshape(-1, self.window_volume, channels)
+
+    def merge(self, t: torch.Tensor, batch: int, grid: List[int]) -> torch.Tensor:
+        """The inverse of ``partition``: ``(B·n1···nd, w**d, C) -> (B, C, n1·w, ..., nd·w)``."""
+        channels, w, d = t.shape[-1], self.window_size, self.spatial_dims
+        t = t.reshape([batch] + grid + [w] * d + [channels])
+        order: List[int] = [0, 2 * d + 1]
+        for i in range(d):
+            order += [1 + i, 1 + d + i]
+        return t.permute(order).reshape([batch, channels] + [n * w for n in grid])
+
+    def local_attention(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """Windowed ``softmax(q kᵀ) v`` for projected maps ``(B, D, *spatial)``; returns ``(B, Dv, *spatial)``."""
+        spatial = list(query.shape[2:])
+        batch = query.shape[0]
+        grid = self.window_grid(spatial)
+        pad = self.window_padding(spatial, grid)
+        key_mask: Optional[torch.Tensor] = None
+        if max(pad) > 0:
+            # real voxels are 1 in the padded grid; the keys of padding are left out of every softmax
+            ones = torch.ones([1, 1] + spatial, dtype=query.dtype, device=query.device)
+            key_mask = self.partition(F.pad(ones, pad), grid)[..., 0] > 0.5
+            key_mask = key_mask.repeat(batch, 1)
+        windows_q = self.partition(F.pad(query, pad), grid)
+        windows_k = self.partition(F.pad(key, pad), grid)
+        windows_v = self.partition(F.pad(value, pad), grid)
+        attended = self.attend(windows_q, windows_k, windows_v, key_mask)
+        attended = self.merge(attended, batch, grid)
+        for axis in range(self.spatial_dims):
+            attended = attended.narrow(2 + axis, self.window_shift, spatial[axis])
+        return attended
