@@ -1,15 +1,18 @@
-"""Time and peak memory of SC-GAN's self-attention block, forward + backward, fused vs naive vs pooled.
+"""Time and peak memory of SC-GAN's self-attention block, forward + backward: full (fused, naive), pooled (the paper's
+key set) and local windowed attention (``window_size``; each query attends to its w³ window).
 
 Each case runs in a fresh subprocess so that its peak resident memory is its own (the peak-RSS counter is reset after
 the block and its input are built; the reported figure is the peak increase over that point, with glibc's mmap
 threshold fixed at 1 MiB so that freed tensors leave the RSS at once). Naive attention is only
 run where its predicted peak (3.0 × N·M·4 B for forward + backward, measured factor from shared/reference/perf.md) is
-below --naive-max-gb; otherwise the row gives the prediction, marked "extrapolated".
+below --naive-max-gb; otherwise the row gives the prediction, marked "extrapolated". Global cases with more than
+--max-pairs query-key pairs (N·M) are not run (minutes each on 2 cores); their rows say so.
 
-    python benchmarks/attention.py                 # 16³, 24³, 32³, 40³ tokens; C = 64 and 128
-    python benchmarks/attention.py --sizes 16 24   # quicker
+    python benchmarks/attention.py                                   # 16³ ... 40³ tokens; C = 64 and 128
+    python benchmarks/attention.py --sizes 16 24 32 48 64 --channels 64   # local attention up to 64³ tokens
 
-Prints a markdown table and one JSON line.
+Prints a markdown table and one JSON line (peak-memory ratios naive / fused, naive / local, and the local variants'
+peak per token at each size: constant when memory grows linearly in N).
 """
 
 from __future__ import annotations
@@ -25,13 +28,21 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import peak_mb_since, reset_peak, run_child  # noqa: E402
 
-VARIANTS = {  # name: (implementation, pool_size)
-    "naive": ("naive", 1),
-    "fused": ("fused", 1),
-    "pooled-naive": ("naive", 2),
-    "pooled-fused": ("fused", 2),
+VARIANTS = {  # name: (implementation, pool_size, window_size)
+    "naive": ("naive", 1, 0),
+    "fused": ("fused", 1, 0),
+    "pooled-naive": ("naive", 2, 0),
+    "pooled-fused": ("fused", 2, 0),
+    "local4-fused": ("fused", 1, 4),
+    "local8-fused": ("fused", 1, 8),
+    "local8-naive": ("naive", 1, 8),
 }
 NAIVE_FACTOR = 3.0  # peak ≈ 3 × the fp32 score matrix for forward + backward
+
+
+def keys_per_query(variant: str, tokens: int) -> int:
+    _, pool, window = VARIANTS[variant]
+    return window**3 if window else tokens // (8 if pool == 2 else 1)
 
 
 def run_case(size: int, channels: int, variant: str, threads: int, repeats: int) -> dict:
@@ -42,8 +53,8 @@ def run_case(size: int, channels: int, variant: str, threads: int, repeats: int)
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
-    implementation, pool = VARIANTS[variant]
-    block = SelfAttention3d(3, channels, pool_size=pool, implementation=implementation)
+    implementation, pool, window = VARIANTS[variant]
+    block = SelfAttention3d(3, channels, pool_size=pool, implementation=implementation, window_size=window)
     with torch.no_grad():
         block.sigma.fill_(0.5)
     x = torch.randn(1, channels, size, size, size, requires_grad=True)
@@ -65,6 +76,7 @@ def main() -> None:
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--naive-max-gb", type=float, default=14.0, help="skip naive cases predicted above this")
+    parser.add_argument("--max-pairs", type=float, default=2e9, help="skip global cases with more N·M pairs")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -78,11 +90,13 @@ def main() -> None:
         for channels in args.channels:
             for variant in args.variants:
                 tokens = size**3
-                keys = tokens // (8 if VARIANTS[variant][1] == 2 else 1)
+                keys = keys_per_query(variant, tokens)
                 predicted_gb = NAIVE_FACTOR * tokens * keys * 4 / 1e9
                 row = {"size": size, "tokens": tokens, "channels": channels, "variant": variant, "keys": keys}
                 if VARIANTS[variant][0] == "naive" and predicted_gb > args.naive_max_gb:
                     row.update(seconds=None, peak_mb=predicted_gb * 1e3, extrapolated=True)
+                elif not VARIANTS[variant][2] and tokens * keys > args.max_pairs:
+                    row.update(seconds=None, peak_mb=None, extrapolated=False)
                 else:
                     case = {"size": size, "channels": channels, "variant": variant}
                     script = os.path.abspath(__file__)
@@ -93,26 +107,36 @@ def main() -> None:
                 rows.append(row)
                 print(f"  measured {row}", file=sys.stderr, flush=True)
 
-    print("| tokens | C | variant | keys | fwd+bwd s | peak MB |")
-    print("|---|---|---|---|---|---|")
+    print("| tokens | C | variant | keys per query | fwd+bwd s | peak MB | peak B per token |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         seconds = "—" if r["seconds"] is None else f"{r['seconds']:.3f}"
-        peak = f"{r['peak_mb']:.0f}" + (" (extrapolated)" if r["extrapolated"] else "")
-        print(f"| {r['size']}³ = {r['tokens']} | {r['channels']} | {r['variant']} | {r['keys']} | {seconds} | {peak} |")
+        if r["peak_mb"] is None:
+            peak, per_token = f"not run (N·M > {args.max_pairs:.0e})", "—"
+        else:
+            peak = f"{r['peak_mb']:.0f}" + (" (extrapolated)" if r["extrapolated"] else "")
+            per_token = f"{r['peak_mb'] * 1e6 / r['tokens']:.0f}"
+        row = f"| {r['size']}³ = {r['tokens']} | {r['channels']} | {r['variant']} | {r['keys']} | {seconds} | {peak} |"
+        print(row + f" {per_token} |")
+
+    def find(variant: str, size: int, channels: int) -> dict | None:
+        return next((r for r in rows if (r["variant"], r["size"], r["channels"]) == (variant, size, channels)), None)
+
     ratios = {}
     for r in rows:
-        if r["variant"] == "fused":
-            naive = next(
-                n for n in rows if n["variant"] == "naive" and n["size"] == r["size"] and n["channels"] == r["channels"]
-            )
-            ratios[f"{r['size']}^3_C{r['channels']}"] = {
-                "naive_over_fused_peak": round(naive["peak_mb"] / max(r["peak_mb"], 1e-3), 1),
-                "naive_extrapolated": naive["extrapolated"],
-            }
-    if ratios:
-        print(
-            "\nnaive / fused peak memory:", ", ".join(f"{k}: {v['naive_over_fused_peak']}×" for k, v in ratios.items())
-        )
+        naive = find("naive", r["size"], r["channels"])
+        if naive is None or r["variant"] not in ("fused", "local4-fused", "local8-fused") or not r["peak_mb"]:
+            continue
+        ratios.setdefault(f"{r['size']}^3_C{r['channels']}", {"naive_extrapolated": naive["extrapolated"]})[
+            f"naive_over_{r['variant']}_peak"
+        ] = round(naive["peak_mb"] / max(r["peak_mb"], 1e-3), 1)
+    for key, value in ratios.items():
+        print(f"naive / peak at {key}: " + ", ".join(f"{k}: {v}×" for k, v in value.items() if k.startswith("naive_o")))
+    per_token = {
+        variant: {r["size"]: round(r["peak_mb"] * 1e6 / r["tokens"]) for r in rows if r["variant"] == variant}
+        for variant in ("local4-fused", "local8-fused")
+        if any(r["variant"] == variant for r in rows)
+    }
     import torch
 
     print(
@@ -124,6 +148,7 @@ def main() -> None:
                 "threads": args.threads,
                 "rows": rows,
                 "memory_ratios": ratios,
+                "local_peak_bytes_per_token": per_token,
             }
         )
     )

@@ -5,9 +5,8 @@ import pytest
 import torch
 from parameterized import parameterized
 
-from custom_nets.networks.generator import ATTENTION_SITES
-
 from custom_nets import SCGANDiscriminator, SCGANGenerator, bake_spectral_norm
+from custom_nets.networks.generator import ATTENTION_SITES
 from custom_nets.networks.layers import has_spectral_norm
 
 SMALL = dict(

@@ -112,7 +112,9 @@ def _local_reference(block: SelfAttention3d, x: torch.Tensor) -> torch.Tensor:
     """Full N×N attention restricted by window membership computed from voxel coordinates, independent of the
     block's padding and partitioning: voxel i sees voxel j iff floor((p + shift) / w) agrees on every axis."""
     spatial = x.shape[2:]
-    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in spatial], indexing="ij"), -1).reshape(-1, len(spatial))
+    coords = torch.stack(torch.meshgrid(*[torch.arange(n) for n in spatial], indexing="ij"), -1).reshape(
+        -1, len(spatial)
+    )
     window_of = (coords + block.window_shift) // block.window_size
     same_window = (window_of[:, None, :] == window_of[None, :, :]).all(-1)
     query = block.theta(x).flatten(2).transpose(1, 2)
