@@ -38,6 +38,7 @@ def run_demo(
         ValueError: unknown task; FileNotFoundError: ``bundle`` has no configs.
     """
     settings = task_settings(bundle, task, ("target_key", "input_keys", "target_unit"))
+    unit = settings["target_unit"]
     target_key, bundle, datalist = settings["target_key"], Path(bundle).absolute(), Path(data_dir) / "datalist.json"
     if not datalist.is_file():
         print(f"generating {subjects} synthetic subjects in {data_dir}")
@@ -47,36 +48,20 @@ def run_demo(
     budget = RunSettings(
         minutes=minutes, patch_size=None, batch_size=None, num_samples=None, seed=seed, sw_overlap=None
     )
-    run = train_and_infer(
-        bundle,
-        task,
-        [],
-        datalist,
-        out,
-        budget,
-        overrides=overrides,
-        reuse=False,
-        model_selection=True,
-        outputs_root=bundle,
-    )
+    selected = {"overrides": overrides, "reuse": False, "model_selection": True, "outputs_root": bundle}
+    run = train_and_infer(bundle, task, [], datalist, out, budget, **selected)
     rows = {"scgan": {"predictions": run["predictions"]}}
     rows["scgan"]["scores"] = evaluate_predictions(run["predictions"], datalist, target_key, "test", out / "scores")
     rows.update(run_baselines(datalist, out / "baselines", target_key, settings["input_keys"]))
-    figure = comparison_figure(
-        out / "synthesis.png",
-        datalist,
-        settings["input_keys"],
-        target_key,
-        {"SC-GAN": run["predictions"], "lookup table": rows["intensity_lookup"]["predictions"]},
-        settings["target_unit"],
-    )
+    compared = {"SC-GAN": run["predictions"], "lookup table": rows["intensity_lookup"]["predictions"]}
+    figure = comparison_figure(out / "synthesis.png", datalist, settings["input_keys"], target_key, compared, unit)
     best = best_baseline(rows)
     nrmse = {name: row["scores"]["summary"]["nrmse"]["mean"] for name, row in rows.items()}
     report = {"task": task, "target_key": target_key, "seed": seed, "run": run, "nrmse": nrmse, "best_baseline": best}
     report["nrmse_reduction_vs_best_baseline"] = 1 - nrmse["scgan"] / nrmse[best]
     atomic_write_json(out / "report.json", report)
     lines = [
-        f"# Demo: SC-GAN, task {task} (target `{target_key}`, {settings['target_unit']}), seed {seed}",
+        f"# Demo: SC-GAN, task {task} (target `{target_key}`, {unit}), seed {seed}",
         "",
         f"Trained {run['iterations']} iterations ({run['train_seconds'] / 60:.1f} min), model selected on the "
         f"validation subjects, scored on the held-out test subjects inside the brain mask (mean ± sd over subjects).",
