@@ -10,6 +10,12 @@ below --naive-max-gb; otherwise the row gives the prediction, marked "extrapolat
 
     python benchmarks/attention.py                                   # 16³ ... 40³ tokens; C = 64 and 128
     python benchmarks/attention.py --sizes 16 24 32 48 64 --channels 64   # local attention up to 64³ tokens
+    python benchmarks/attention.py --sizes --quality-minutes 2.5    # SC-GAN pooled vs local attention, PET
+
+With ``--quality-minutes M``, SC-GAN with the paper's pooled attention and with local attention at every site
+(``configs/models/local_attention.json``) are trained for M wall-clock minutes each on the paper table's standard
+cohort (40 synthetic subjects, seed 0, 12 test subjects; ``data/benchmark``) and scored on the test split next to the
+per-voxel baselines (brain-masked NRMSE, PSNR, SSIM, RMSE with 95 % intervals).
 
 Prints a markdown table and one JSON line (peak-memory ratios naive / fused, naive / local, and the local variants'
 peak per token at each size: constant when memory grows linearly in N).
@@ -23,10 +29,13 @@ import os
 import platform
 import sys
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import peak_mb_since, reset_peak, run_child  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
 
 VARIANTS = {  # name: (implementation, pool_size, window_size)
     "naive": ("naive", 1, 0),
@@ -72,13 +81,17 @@ def run_case(size: int, channels: int, variant: str, threads: int, repeats: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[16, 24, 32, 40], help="cube side of the token grid")
+    parser.add_argument("--sizes", type=int, nargs="*", default=[16, 24, 32, 40], help="cube side of the token grid")
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--naive-max-gb", type=float, default=14.0, help="skip naive cases predicted above this")
     parser.add_argument("--max-pairs", type=float, default=2e9, help="skip global cases with more N·M pairs")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quality-minutes", type=float, default=0.0, help="also train pooled vs local SC-GAN (PET)")
+    parser.add_argument("--data", default=str(ROOT / "data" / "benchmark"), help="the quality runs' cohort")
+    parser.add_argument("--out", default=str(ROOT / "bundle" / "eval" / "attention"), help="the quality runs' outputs")
+    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -137,6 +150,7 @@ def main() -> None:
         for variant in ("local4-fused", "local8-fused")
         if any(r["variant"] == variant for r in rows)
     }
+    quality = quality_runs(args) if args.quality_minutes > 0 else None
     import torch
 
     print(
@@ -149,9 +163,35 @@ def main() -> None:
                 "rows": rows,
                 "memory_ratios": ratios,
                 "local_peak_bytes_per_token": per_token,
+                "quality": quality,
             }
         )
     )
+
+
+def quality_runs(args: argparse.Namespace) -> dict:
+    """SC-GAN with pooled and with local attention at equal wall clock on PET, beside the baselines; prints a table."""
+    from custom_nets.datasets.phantom.dataset import synthetic_datalist
+    from custom_nets.evaluation.comparison import BASELINE_LABELS, MODEL_LABELS, markdown_table
+    from custom_nets.evaluation.pipeline import RunSettings, compare
+
+    datalist = synthetic_datalist(args.data, 40, args.seed, (0.65, 0.05, 0.30))  # paper_table.py's standard cohort
+    # equal wall clock: train.json's own patches and batches, as paper_table.py's standard mode
+    settings = RunSettings(
+        minutes=args.quality_minutes, patch_size=None, batch_size=None, num_samples=None, seed=args.seed
+    )
+    out = Path(args.out) / f"{args.quality_minutes:g}min_seed{args.seed}"
+    entry = compare(ROOT / "bundle", "pet", datalist, out, settings, ["scgan", "local_attention"])
+    rows = entry["rows"]
+    print("\nPET, " + f"{args.quality_minutes:g} min each, seed {args.seed}:")
+    print("\n".join(markdown_table(rows, {**BASELINE_LABELS, **MODEL_LABELS}, interval=True)))
+    summary = {}
+    for name, row in rows.items():
+        summary[name] = {"nrmse": row["scores"]["summary"]["nrmse"]["mean"]}
+        if "run" in row:
+            summary[name]["iterations"] = row["run"]["iterations"]
+            print(f"{name}: {row['run']['iterations']} iterations")
+    return {"task": "pet", "minutes": args.quality_minutes, "seed": args.seed, "rows": summary}
 
 
 if __name__ == "__main__":

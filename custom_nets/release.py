@@ -42,7 +42,7 @@ WEIGHT_SUFFIXES = (".pt", ".ts", ".onnx")
 OVERLAY_CONFIGS = ("evaluate.json", "multi_gpu_train.json")
 TASK_MODALITY = {"pet": "PT"}  # DICOM modality of the output (the others are MR maps)
 CHANNEL_NAMES = {"t1w": "T1w", "flair": "FLAIR", "t2w": "T2w", "pd": "PD", "fa": "DTI FA", "md": "DTI MD"}
-ZOO_CHECKS = ("directory", "metadata", "net_in_out", "torchscript", "train", "infer", "eval")
+ZOO_CHECKS = ("directory", "metadata", "net_in_out", "torchscript", "torchscript_trace", "train", "infer", "eval")
 
 
 def _merged(config: dict, overlay: dict, name: str) -> dict:
@@ -284,6 +284,21 @@ def torchscript():
     x = torch.rand(1, channels, 64, 64, 64)
     torch.testing.assert_close(scripted(x), shipped(x))
 
+def torchscript_trace():
+    path = os.path.join(root, "models", "verify_model_traced.ts")
+    channels = json.load(open(meta_file, encoding="utf-8"))["network_data_format"]["inputs"]["image"]["num_channels"]
+    try:
+        ckpt_export(net_id="network_def", filepath=path, ckpt_file=os.path.join(root, "models", "model.pt"),
+                    meta_file=meta_file, config_file=configs["inference.json"], bundle_root=root, use_trace=True,
+                    input_shape=[1, channels, 64, 64, 64])
+        traced = torch.jit.load(path)
+    finally:
+        if os.path.exists(path):
+            os.remove(path)
+    shipped = torch.jit.load(os.path.join(root, "models", "model.ts"))
+    x = torch.rand(1, channels, 64, 64, 64)
+    torch.testing.assert_close(traced(x), shipped(x))
+
 def workflow(kind, files):
     def run():
         if not os.environ.get("SCGAN_DATASET_DIR"):
@@ -299,6 +314,7 @@ check("directory", directory)
 check("metadata", metadata)
 check("net_in_out", net_in_out)
 check("torchscript", torchscript)
+check("torchscript_trace", torchscript_trace)
 check("train", workflow("train", [configs["train.json"]]))
 check("infer", workflow("infer", [configs["inference.json"]]))
 check("eval", workflow("eval", [configs["train.json"], configs["evaluate.json"]]))
@@ -309,10 +325,10 @@ print("RESULTS " + json.dumps(results))
 def verify_release(root: str | Path, dataset_dir: str | Path | None = None) -> dict[str, str]:
     """Run the Model Zoo's offline checks on a released bundle in a fresh interpreter: required files and the
     vendored package, metadata keys and changelog, ``verify_net_in_out``, TorchScript export by scripting
-    (``ckpt_export``, as the zoo runs it) against the shipped ``model.ts``, and ``check_properties`` of the train,
-    infer and eval (``train.json`` + ``evaluate.json``) workflows on the datalist of ``dataset_dir`` (these three
-    are skipped without one: the workflows build their datasets). Returns ``{check: "passed" | "failed: ..." |
-    "skipped: ..."}``."""
+    (``ckpt_export``, as the zoo runs it) and by tracing, each against the shipped ``model.ts``, and
+    ``check_properties`` of the train, infer and eval (``train.json`` + ``evaluate.json``) workflows on the datalist
+    of ``dataset_dir`` (these three are skipped without one: the workflows build their datasets).
+    Returns ``{check: "passed" | "failed: ..." | "skipped: ..."}``."""
     import os
 
     env = {**os.environ, "PYTHONPATH": "", "SCGAN_DATASET_DIR": str(Path(dataset_dir).resolve()) if dataset_dir else ""}

@@ -52,8 +52,8 @@ def test_released_bundle_passes_the_zoo_checks_and_serves_monai_label(task, data
     assert verify_release(root, data_dir) == {check: "passed" for check in ZOO_CHECKS}
     if task == "pet":  # without a dataset the workflow checks say so, the others still run
         offline = verify_release(root)
-        assert [offline[c] for c in ZOO_CHECKS[:4]] == ["passed"] * 4
-        assert all(offline[c].startswith("skipped") for c in ZOO_CHECKS[4:])
+        assert [offline[c] for c in ZOO_CHECKS[:5]] == ["passed"] * 5
+        assert all(offline[c].startswith("skipped") for c in ZOO_CHECKS[5:])
 
     # MONAI Label's BundleInferTask: inference.json alone (the task's defaults), models/model.pt, an image-only request
     parser = ConfigParser()

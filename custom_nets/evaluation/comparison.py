@@ -34,6 +34,7 @@ MODEL_LABELS = {
     "no_spectral_norm": "SC-GAN without spectral norm",
     "no_feature_matching": "SC-GAN without feature matching",
     "no_brain_rmse": "SC-GAN without brain RMSE",
+    "local_attention": "SC-GAN with local windowed attention (4³ windows at every site)",
 }
 COMPARISON_MODELS = ("unet3d", "cgan2d", "cgan3d", "attention_cgan", "scgan")
 ABLATION_MODELS = ("no_adversarial", "no_attention", "no_spectral_norm", "no_feature_matching", "no_brain_rmse")
