@@ -8,6 +8,11 @@ pass below that shows that no such matrix is ever held (SDPA's fused kernels wor
 
     python benchmarks/whole_volume.py                 # ~2 min on 2 cores
     python benchmarks/whole_volume.py --cases cpu:128
+    python benchmarks/whole_volume.py --cases cpu:182x218x182:local   # 1 mm MNI brain, local attention everywhere
+
+A case is ``preset:size[:local]``: ``size`` a cube side or ``XxYxZ`` (zero-padded up to the generator's size
+divisor, as the bundle's inferer pads), ``local`` puts local windowed attention (4³ windows) at every site instead of
+the paper's pooled global attention.
 
 Target: the paper preset at 256³ within 8 GB on CPU. Prints a markdown table and one JSON line.
 """
@@ -28,25 +33,32 @@ from _common import machine, peak_mb_since, reset_peak, run_child  # noqa: E402
 TARGET_GB_256 = 8.0
 
 
-def run_case(preset: str, size: int) -> dict:
+def run_case(preset: str, shape: list[int], local: bool = False) -> dict:
     import torch
 
     from custom_nets import SelfAttention3d, build_generator
+    from custom_nets.networks.generator import ATTENTION_SITES
     from custom_nets.precision import autocast_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    generator = build_generator(preset=preset, in_channels=2, out_channels=1).to(device).eval()
+    sites_arg = {"local_attention_sites": ATTENTION_SITES} if local else {}
+    generator = build_generator(preset=preset, in_channels=2, out_channels=1, **sites_arg).to(device).eval()
+    divisor = generator.size_divisor
+    padded = [math.ceil(n / divisor) * divisor for n in shape]
     sites = []
 
     def record(module, inputs, output) -> None:
         x = inputs[0]
         tokens = x.shape[2:].numel()
-        keys = math.prod((s - module.pool_size) // module.pool_stride + 1 for s in x.shape[2:])
+        if module.window_size:
+            keys = module.window_volume  # per query
+        else:
+            keys = math.prod((s - module.pool_size) // module.pool_stride + 1 for s in x.shape[2:])
         sites.append({"channels": int(x.shape[1]), "grid": list(x.shape[2:]), "tokens": tokens, "keys": keys})
 
     hooks = [m.register_forward_hook(record) for m in generator.modules() if isinstance(m, SelfAttention3d)]
-    image = torch.randn(1, 2, size, size, size, device=device)
+    image = torch.randn(1, 2, *padded, device=device)
     dtype = autocast_dtype(device)
     base = reset_peak()
     start = time.perf_counter()
@@ -62,6 +74,7 @@ def run_case(preset: str, size: int) -> dict:
         "seconds": seconds,
         "peak_mb": peak,
         "output_shape": list(output.shape),
+        "padded_shape": padded,
         "finite": bool(torch.isfinite(output).all()),
         "params_m": sum(p.numel() for p in generator.parameters()) / 1e6,
         "attention_sites": sites,
@@ -85,39 +98,44 @@ def main() -> None:
     script = os.path.abspath(__file__)
     rows = []
     for spec in args.cases:
-        preset, size = spec.split(":")
-        row = {
-            "preset": preset,
-            "size": int(size),
-            **run_child(script, {"preset": preset, "size": int(size)}, args.threads, exact_memory=True),
-        }
+        preset, size, *attention = spec.split(":")
+        shape = [int(n) for n in size.split("x")] if "x" in size else [int(size)] * 3
+        local = attention == ["local"]
+        case = {"preset": preset, "shape": shape, "local": local}
+        row = {"preset": preset, "size": size, "attention": "local" if local else "pooled"}
+        row.update(run_child(script, case, args.threads, exact_memory=True))
         for site in row["attention_sites"]:
-            site["score_matrix_mb"] = site["tokens"] * site["keys"] * 4 / 2**20 if site["keys"] else None
+            # local sites hold no N×M matrix: M is per query
+            site["score_matrix_mb"] = site["tokens"] * site["keys"] * 4 / 2**20 if site["keys"] and not local else None
         rows.append(row)
-        print(f"  {preset} {size}³: {row['seconds']:.1f} s, peak {row['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
+        print(f"  {spec}: {row['seconds']:.1f} s, peak {row['peak_mb']:.0f} MB", file=sys.stderr, flush=True)
 
     # a naive forward holds the N×M scores and their softmax at once: 2 × N×M × 4 B at the largest site
-    print("| preset | input | params (M) | seconds | peak MB | naive attention at the largest site (MB) | shown |")
-    print("|---|---|---|---|---|---|---|")
+    header = (
+        "| preset | attention | input | params (M) | seconds | peak MB | naive attention at the largest site (MB) |"
+    )
+    print(header + " shown |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         sizes = [s["score_matrix_mb"] for s in r["attention_sites"] if s["score_matrix_mb"]]
         naive = 2 * max(sizes) if sizes else 0.0
         r["naive_largest_site_mb"] = naive
         shown = "yes: whole pass below it" if r["peak_mb"] < naive else "no"
         print(
-            f"| {r['preset']} | {r['size']}³ | {r['params_m']:.2f} | {r['seconds']:.1f} | {r['peak_mb']:.0f} | "
-            f"{naive:.0f} | {shown} |"
+            f"| {r['preset']} | {r['attention']} | {r['size']} | {r['params_m']:.2f} | {r['seconds']:.1f} | "
+            f"{r['peak_mb']:.0f} | {naive:.0f} | {shown} |"
         )
     print()
-    print("| preset | site grid | channels | tokens N | keys M | N×M fp32 MB |")
+    print("| case | site grid | channels | tokens N | keys M (per query for local) | N×M fp32 MB |")
     print("|---|---|---|---|---|---|")
     for r in rows:
         for s in r["attention_sites"]:
             grid = "×".join(map(str, s["grid"]))
             mb = "—" if s["score_matrix_mb"] is None else f"{s['score_matrix_mb']:.0f}"
-            print(f"| {r['preset']} {r['size']}³ | {grid} | {s['channels']} | {s['tokens']} | {s['keys']} | {mb} |")
+            case = f"{r['preset']} {r['size']} {r['attention']}"
+            print(f"| {case} | {grid} | {s['channels']} | {s['tokens']} | {s['keys']} | {mb} |")
     summary = {"benchmark": "whole_volume", **machine(), "threads": args.threads, "rows": rows}
-    paper = [r for r in rows if r["preset"] == "paper" and r["size"] == 256]
+    paper = [r for r in rows if r["preset"] == "paper" and r["size"] == "256" and r["attention"] == "pooled"]
     if paper:
         gb = paper[0]["peak_mb"] / 1024
         verdict = "met" if gb <= TARGET_GB_256 else f"missed by {gb / TARGET_GB_256:.2f}×"
