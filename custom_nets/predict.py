@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from custom_nets.datasets.folders import DatalistError, folder_items
+from custom_nets.datasets.folders import DatalistError, folder_items, parse_key
 from custom_nets.evaluation.pipeline import bundle_workflow, configs_dir, task_settings
 from custom_nets.io import atomic_write_json, read_json, sha256_of
 
@@ -149,13 +149,6 @@ def predict(
         return _run(bundle, task, items, output_dir, overrides, progress=False)[0]
 
 
-def _parse_key(text: str) -> tuple[str, str]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--key {text!r}: expected NAME=PATTERN, e.g. t1w='{{subject}}_T1w.nii.gz'")
-    name, pattern = text.split("=", 1)
-    return name.strip(), pattern.strip()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m custom_nets.predict", description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", default="bundle", help="the trained bundle folder (configs/, models/)")
@@ -163,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--input", required=True, help="folder of new subjects (BIDS-like, or flat with --key)")
     parser.add_argument("--output", required=True, help="folder for the syntheses and their JSON sidecars")
     parser.add_argument("--layout", choices=("bids", "flat", "pybids"), default="bids")
-    parser.add_argument("--key", type=_parse_key, action="append", default=[], help="NAME=PATTERN, repeatable")
+    parser.add_argument("--key", type=parse_key, action="append", default=[], help="NAME=PATTERN, repeatable")
     parser.add_argument("--brain-extraction", choices=("threshold", "deepbet"), help="for subjects without a mask")
     args = parser.parse_args(argv)
     try:

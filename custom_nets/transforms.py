@@ -178,6 +178,15 @@ class SavePredictiond(SaveImaged):
         return d
 
 
+def binarise_given_mask(d: dict, mask_key: str) -> bool:
+    """A mask the data already hold (the datalist's or a MONAI Label request's) is used as given, binarised in place;
+    returns whether there was one (the mask transforms derive one only when not)."""
+    if d.get(mask_key) is None:
+        return False
+    d[mask_key] = (torch.as_tensor(d[mask_key]) > 0).to(torch.float32)
+    return True
+
+
 class DeriveBrainMaskd(MapTransform):
     """Add ``mask_key`` when absent: voxels where the mean of the image channels exceeds ``threshold`` × its 99th
     percentile, holes filled, largest connected component kept. Meant for skull-stripped inputs (background ≈ 0),
@@ -190,8 +199,7 @@ class DeriveBrainMaskd(MapTransform):
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         image = d[self.image_key]
-        if self.mask_key in d and d[self.mask_key] is not None:
-            d[self.mask_key] = (torch.as_tensor(d[self.mask_key]) > 0).to(torch.float32)
+        if binarise_given_mask(d, self.mask_key):
             return d
         values = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
         mean = np.abs(values).mean(axis=0)
@@ -249,8 +257,7 @@ class ExtractBrainMaskd(MapTransform):
     def __call__(self, data: Mapping) -> dict:
         d = dict(data)
         image = d[self.image_key]
-        if self.mask_key in d and d[self.mask_key] is not None:
-            d[self.mask_key] = (torch.as_tensor(d[self.mask_key]) > 0).to(torch.float32)
+        if binarise_given_mask(d, self.mask_key):
             return d
         model = self.extractor()
         t1w = np.asarray(torch.as_tensor(image)[self.channel].detach().cpu(), dtype=np.float32)

@@ -10,6 +10,8 @@ import pytest
 
 from custom_nets.datasets.phantom import MODALITIES, NOISE_FREE, generate_dataset
 
+CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"
+
 TINY = {
     "network_def#channels": [8, 16, 16],
     "network_def#encoder_attention_levels": [2],
@@ -27,6 +29,27 @@ TINY_TRAIN = {
     "num_samples": 1,
     "progress_bar": False,
 }
+
+
+def run_training(data_dir: Path, root: Path, task: str | None = None, configs: Path = CONFIGS, **overrides):
+    """Train ``train.json`` (+ ``tasks/<task>.json``) of ``configs`` with TINY_TRAIN and ``overrides`` into ``root``;
+    returns the finished ``ConfigWorkflow``."""
+    from monai.bundle import ConfigWorkflow
+
+    files = [str(configs / "train.json")] + ([str(configs / "tasks" / f"{task}.json")] if task else [])
+    workflow = ConfigWorkflow(
+        config_file=files,
+        meta_file=str(configs / "metadata.json"),
+        logging_file=str(configs / "logging.conf"),
+        workflow_type="train",
+        bundle_root=str(root),
+        dataset_dir=str(data_dir),
+        **{**TINY_TRAIN, **overrides},
+    )
+    workflow.initialize()
+    workflow.run()
+    workflow.finalize()
+    return workflow
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import TINY, TINY_TRAIN
-from monai.bundle import ConfigWorkflow
+from conftest import TINY, run_training
 from monai.transforms import Compose
 
 from custom_nets.datasets.folders import DatalistError, folder_items
@@ -29,18 +28,7 @@ def trained(data_dir, tmp_path_factory) -> Path:
     """A bundle folder with the PET task trained for two iterations of the tiny network."""
     bundle = tmp_path_factory.mktemp("trained")
     shutil.copytree(CONFIGS, bundle / "configs")
-    workflow = ConfigWorkflow(
-        config_file=[str(bundle / "configs" / "train.json"), str(bundle / "configs" / "tasks" / "pet.json")],
-        meta_file=str(bundle / "configs" / "metadata.json"),
-        logging_file=str(bundle / "configs" / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(bundle),
-        dataset_dir=str(data_dir),
-        **TINY_TRAIN,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    run_training(data_dir, bundle, "pet", configs=bundle / "configs")
     return bundle
 
 

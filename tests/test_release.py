@@ -11,29 +11,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_TRAIN
-from monai.bundle import ConfigParser, ConfigWorkflow
+from conftest import TINY, run_training
+from monai.bundle import ConfigParser
 from monai.transforms import SaveImaged
 
 from custom_nets.release import ZOO_CHECKS, main, release_bundle, verify_release
 
 BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
-CONFIGS = BUNDLE / "configs"
 NETWORK = {key: value for key, value in TINY.items() if key.startswith("network_def#")}  # weights' shapes
 
 
 def _train(task: str, data_dir: Path, root: Path) -> Path:
-    workflow = ConfigWorkflow(
-        config_file=[str(CONFIGS / "train.json"), str(CONFIGS / "tasks" / f"{task}.json")],
-        meta_file=str(CONFIGS / "metadata.json"),
-        workflow_type="train",
-        bundle_root=str(root),
-        dataset_dir=str(data_dir),
-        **TINY_TRAIN,
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
+    run_training(data_dir, root, task)
     return root / "models" / f"model_{task}.pt"
 
 

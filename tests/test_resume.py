@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN  # noqa: F401 (data_dir is a fixture of conftest)
+from conftest import TINY_TRAIN, run_training  # noqa: F401 (data_dir is a fixture of conftest)
 from ignite.engine import Engine, Events
 from monai.bundle import ConfigWorkflow
 from monai.data import DataLoader, Dataset
@@ -28,19 +28,7 @@ CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"
 
 
 def _train(data_dir: Path, root: Path, **overrides) -> ConfigWorkflow:
-    workflow = ConfigWorkflow(
-        config_file=str(CONFIGS / "train.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        workflow_type="train",
-        logging_file=str(CONFIGS / "logging.conf"),
-        bundle_root=str(root),
-        dataset_dir=str(data_dir),
-        **{**TINY_TRAIN, **overrides},
-    )
-    workflow.initialize()
-    workflow.run()
-    workflow.finalize()
-    return workflow
+    return run_training(data_dir, root, **overrides)
 
 
 def _state(workflow: ConfigWorkflow, name: str) -> dict[str, torch.Tensor]:

@@ -307,7 +307,8 @@ def folder_items(
     ]
 
 
-def _parse_key(text: str) -> tuple[str, str]:
+def parse_key(text: str) -> tuple[str, str]:
+    """``--key NAME=PATTERN`` of the folder CLIs (the datalist builder and ``custom_nets.predict``) as a pair."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--key {text!r}: expected NAME=PATTERN, e.g. t1w='{{subject}}_T1w.nii.gz'")
     name, pattern = text.split("=", 1)
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", required=True, help="the data folder")
     parser.add_argument("--out", help="datalist file (default ROOT/datalist.json)")
     parser.add_argument("--layout", choices=("bids", "flat", "pybids"), default="bids")
-    parser.add_argument("--key", type=_parse_key, action="append", default=[], help="NAME=PATTERN, repeatable")
+    parser.add_argument("--key", type=parse_key, action="append", default=[], help="NAME=PATTERN, repeatable")
     parser.add_argument("--mask-key", action="append", default=None, help="keys that are masks (default: mask)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
