@@ -10,7 +10,7 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = ["check_settings", "unknown_cli_ids", "TASK_NAME"]
@@ -73,13 +73,15 @@ def check_settings(
     size_divisor: int = 1,
     tasks_dir: str | Path | None = None,
     argv: Sequence[str] | None = None,
+    files: Mapping[str, str | Path] | None = None,
 ) -> bool:
     """Raise one ``ValueError`` naming the id and value when the configuration cannot be what the user meant.
 
     Checks: every ``--id`` of a ``monai.bundle run`` command line is an id of the bundle (``--patch_sizee`` would
     otherwise be ignored); ``task`` is a plain name (it names files: ``models/model_<task>.pt``) with an overlay
     ``tasks/<task>.json`` when ``tasks_dir`` is given; ``patch_size`` is a list of positive integers, each a multiple
-    of the generator's ``size_divisor`` (``prod(strides)``).
+    of the generator's ``size_divisor`` (``prod(strides)``); every non-empty path of ``files`` (``{id: path}``, e.g.
+    ``teacher_weights``) is an existing file.
 
     The configs call it after ``set_determinism``: reading ``size_divisor`` builds ``network_def``, whose weights
     must come from the seeded random state.
@@ -89,6 +91,7 @@ def check_settings(
 
     Raises:
         ValueError: the first problem found, with the accepted values or the closest known id.
+        FileNotFoundError: a path of ``files`` does not exist (the message names the id and the path).
     """
     unknown = unknown_cli_ids(argv)
     if unknown:
@@ -117,4 +120,7 @@ def check_settings(
             f"patch_size {list(patch_size)}: every size must be a multiple of {size_divisor} (the generator's "
             f"prod(strides)), e.g. {fitting}."
         )
+    for name, path in (files or {}).items():
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{name} {str(path)!r}: no such file. Give the path of an existing file.")
     return True

@@ -36,7 +36,8 @@ class GanKeys:
         "d_real",
         "d_fake",
     )
-    LOSSES = (G_LOSS, D_LOSS, ADV, FM, L1, RMSE)
+    DISTILL_OUTPUT, DISTILL_FEATURE = "distill_output", "distill_feature"
+    LOSSES = (G_LOSS, D_LOSS, ADV, FM, L1, RMSE, DISTILL_OUTPUT, DISTILL_FEATURE)
 
 
 def prepare_batch_with_mask(batchdata: dict, device: torch.device, non_blocking: bool = False, **kwargs):
@@ -72,7 +73,9 @@ class ConditionalGanTrainer(Trainer):
     2. Train D ``d_steps`` times: adversarial loss on ``D(cat[x, y])`` as real and ``D(cat[x, fake.detach()])`` as
        fake, averaged (D always runs in fp32: a PatchGAN under bf16 went NaN in a prototype).
     3. Train G: ``λ_adv·adv(D(cat[x, fake]))`` + ``λ_fm·L1(D features on the fake pair, on the real pair)`` +
-       ``λ_l1·L1(fake, y)`` + ``λ_rmse·RMSE inside m`` (the paper's code: λ_l1 = λ_rmse = 200).
+       ``λ_l1·L1(fake, y)`` + ``λ_rmse·RMSE inside m`` (the paper's code: λ_l1 = λ_rmse = 200), and with a
+       ``distillation`` (``custom_nets.distillation.GeneratorDistillation``) ``λ_distill_output·L1(fake, teacher(x))``
+       + ``λ_distill_feature·attention-transfer distance`` to the frozen teacher.
     4. Put every loss term into ``engine.state.output`` with ``image``, ``label``, ``pred`` and ``mask``, and fire
        ``IterationEvents.MODEL_COMPLETED``.
 
@@ -93,6 +96,9 @@ class ConditionalGanTrainer(Trainer):
             al., "The unusual effectiveness of averaging in GAN training", ICLR 2019): validate and deploy this one.
         ema_decay: the average's decay; the effective decay ``min(ema_decay, (1 + t) / (10 + t))`` at update ``t``
             lets the average follow the fast early changes (TensorFlow's ``ExponentialMovingAverage`` warm-up).
+        distillation: a ``GeneratorDistillation`` built on ``g_network`` (knowledge distillation from a trained
+            teacher), or ``None``.
+        lambda_distill_output, lambda_distill_feature: weights of its output L1 and attention-transfer terms.
         amp: mixed precision for G (CUDA autocast with gradient scaling; bf16 autocast on CPUs with native bf16).
         channels_last: keep 3D networks and batches in ``channels_last_3d`` memory format (8-10 % faster training
             steps on CPU in ``benchmarks/train_step.py``); ignored for 2D networks and for DDP-wrapped ones, whose
@@ -119,6 +125,9 @@ class ConditionalGanTrainer(Trainer):
         d_steps: int = 1,
         g_network_ema: nn.Module | None = None,
         ema_decay: float = 0.999,
+        distillation: nn.Module | None = None,
+        lambda_distill_output: float = 200.0,
+        lambda_distill_feature: float = 20.0,
         amp: bool = False,
         channels_last: bool = False,
         train_handlers: Sequence | None = None,
@@ -143,6 +152,8 @@ class ConditionalGanTrainer(Trainer):
             ("lambda_fm", lambda_fm),
             ("lambda_l1", lambda_l1),
             ("lambda_rmse", lambda_rmse),
+            ("lambda_distill_output", lambda_distill_output),
+            ("lambda_distill_feature", lambda_distill_feature),
         ):
             if value < 0:
                 raise ValueError(f"{name} must be non-negative, got {value}.")
@@ -182,11 +193,13 @@ class ConditionalGanTrainer(Trainer):
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be within [0, 1), got {ema_decay}.")
         self.g_network_ema, self.ema_decay = g_network_ema, ema_decay
+        self.distillation = distillation
+        self.lambda_distill_output, self.lambda_distill_feature = lambda_distill_output, lambda_distill_feature
         self.channels_last = channels_last and all(
             _is_plain_3d(network) for network in (g_network, d_network) if network is not None
         )
         if self.channels_last:
-            for network in (g_network, d_network):
+            for network in (g_network, d_network, distillation):
                 if network is not None:
                     network.to(memory_format=torch.channels_last_3d)
         self.use_gan = d_network is not None and (lambda_adv > 0 or lambda_fm > 0)
@@ -292,6 +305,12 @@ class ConditionalGanTrainer(Trainer):
         l1 = torch.mean(torch.abs(fake_b32 - real_b))
         rmse = engine.masked_rmse(fake_b32, real_b, mask)
         g_loss = g_loss + engine.lambda_l1 * l1 + engine.lambda_rmse * rmse
+        if engine.distillation is not None:
+            with engine._autocast(real_a.shape[2:]):  # the teacher in the student's precision
+                distill_output, distill_feature = engine.distillation(real_a, fake_b)
+            g_loss = g_loss + engine.lambda_distill_output * distill_output
+            g_loss = g_loss + engine.lambda_distill_feature * distill_feature
+            losses.update({GanKeys.DISTILL_OUTPUT: distill_output, GanKeys.DISTILL_FEATURE: distill_feature})
         losses.update({GanKeys.L1: l1, GanKeys.RMSE: rmse, GanKeys.G_LOSS: g_loss})
         if engine.g_scaler is not None:
             engine.g_scaler.scale(g_loss).backward()

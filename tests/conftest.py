@@ -31,6 +31,20 @@ TINY_TRAIN = {
 }
 
 
+def error_chain(error: BaseException | None) -> list[BaseException]:
+    """``error`` and the errors it was raised from (MONAI re-raises config and transform errors as RuntimeError)."""
+    chain = []
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    return chain
+
+
+def error_messages(error: BaseException | None) -> str:
+    """The messages of ``error_chain(error)``, one per line."""
+    return "\n".join(str(e) for e in error_chain(error))
+
+
 def run_training(data_dir: Path, root: Path, task: str | None = None, configs: Path = CONFIGS, **overrides):
     """Train ``train.json`` (+ ``tasks/<task>.json``) of ``configs`` with TINY_TRAIN and ``overrides`` into ``root``;
     returns the finished ``ConfigWorkflow``."""

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from conftest import error_messages
 from monai.transforms import Compose
 
 from custom_nets.data import entry_id, load_items
@@ -78,14 +79,6 @@ BREAKERS = {
 }
 
 
-def _messages(error: BaseException | None) -> str:
-    texts = []
-    while error is not None:
-        texts.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(texts)
-
-
 def _bundle(datalist: Path, out: Path) -> None:
     chain = Compose(preprocessing_transforms(["t1w", "flair"]))
     for item in load_items(datalist, "training", ["t1w", "flair"], "pet"):
@@ -134,7 +127,7 @@ def test_bad_file_gets_one_error_naming_it_and_nothing_is_written(entry_point, k
     out = tmp_path / "out"
     with pytest.raises((ValueError, FileNotFoundError, RuntimeError)) as raised:
         ENTRY_POINTS[entry_point](datalist, out)
-    text = _messages(raised.value)  # MONAI's Compose re-raises as "applying transform …" from the original error
+    text = error_messages(raised.value)  # MONAI's Compose re-raises as "applying transform …" from the original error
     assert message in text and broken.name in text and "sub-01" in text, text
     written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert not [p for p in written if p.suffix in (".gz", ".json", ".csv") and "pred" not in p.parts], written
@@ -168,7 +161,7 @@ def test_gzip_of_zero_bytes_is_named(tmp_path):
     (data / "sub-00_t1w.nii.gz").write_bytes(gzip.compress(b""))
     with pytest.raises(RuntimeError) as raised:
         _bundle(datalist, tmp_path / "out")
-    assert "sub-00_t1w.nii.gz cannot be read" in _messages(raised.value)
+    assert "sub-00_t1w.nii.gz cannot be read" in error_messages(raised.value)
 
 
 def test_flat_datalist_reports_a_subject_missing_its_first_key(tmp_path):

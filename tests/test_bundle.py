@@ -14,7 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_TRAIN  # noqa: F401 (data_dir is a fixture of conftest)
+from conftest import TINY, TINY_TRAIN, error_messages  # noqa: F401 (data_dir is a fixture of conftest)
 from monai.bundle import ConfigWorkflow
 
 from custom_nets.data import entry_id
@@ -62,14 +62,6 @@ def _inference(data_dir, root, task: str = "pet", **overrides) -> ConfigWorkflow
         dataset_dir=str(data_dir),
         **{**TINY, **overrides},
     )
-
-
-def _messages(error: BaseException) -> str:
-    texts = []
-    while error is not None:
-        texts.append(str(error))
-        error = error.__cause__ or error.__context__
-    return "\n".join(texts)
 
 
 def test_properties_of_train_and_infer(data_dir, tmp_path):
@@ -248,7 +240,7 @@ def test_bad_input_gets_a_clear_error(overrides, breaker, message, data_dir, tmp
         nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), str(mask))
     with pytest.raises(Exception) as error:
         _train(data, tmp_path / "root", ["tasks/pet.json"], **overrides)
-    assert message in _messages(error.value)
+    assert message in error_messages(error.value)
 
 
 def test_network_matches_metadata(tmp_path):
@@ -305,5 +297,5 @@ def test_checkpoint_that_does_not_fit_is_named(damage, overrides, message, data_
     infer = _inference(data_dir, tmp_path, **overrides)
     with pytest.raises(Exception) as raised:
         infer.run()
-    assert message in _messages(raised.value)
+    assert message in error_messages(raised.value)
     assert not (tmp_path / "eval").exists() or not list((tmp_path / "eval").glob("*.nii.gz"))

@@ -160,7 +160,7 @@ def test_bad_arguments(kwargs, word):
 def test_unknown_preset():
     with pytest.raises(ValueError, match="paper"):
         SCGANGenerator.from_preset("huge")
-    assert set(GENERATOR_PRESETS) == {"paper", "cpu"}
+    assert set(GENERATOR_PRESETS) == {"paper", "cpu", "student"}
 
 
 @parameterized.expand([[3], [2]])

@@ -11,7 +11,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN  # noqa: F401 (data_dir is a fixture of conftest)
+from conftest import TINY_TRAIN, error_chain  # noqa: F401 (data_dir is a fixture of conftest)
 from ignite.engine import Events
 from monai.bundle import ConfigParser, ConfigWorkflow
 
@@ -154,19 +154,11 @@ def test_time_budget_ends_the_epoch_validates_and_stops(data_dir, tmp_path):
     assert (tmp_path / "models" / "resume_pet.pt").is_file()
 
 
-def _chain(error: BaseException) -> list[BaseException]:
-    chain = []
-    while error is not None:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    return chain
-
-
 def test_non_finite_loss_stops_training_before_any_step(data_dir, tmp_path):
     # a NaN loss weight makes every loss NaN from the first iteration on (NaN data is refused earlier, on load)
     with pytest.raises(RuntimeError) as raised:
         _learning_rates(data_dir, tmp_path / "run", lambda_rmse=float("nan"))
-    assert any(isinstance(e, FloatingPointError) and "non-finite loss" in str(e) for e in _chain(raised.value))
+    assert any(isinstance(e, FloatingPointError) and "non-finite loss" in str(e) for e in error_chain(raised.value))
     assert not list((tmp_path / "run" / "models").glob("model*.pt"))
 
 
@@ -185,6 +177,6 @@ def test_non_finite_data_is_refused_on_load_naming_the_file(data_dir, tmp_path):
     (bad / "datalist.json").write_text(json.dumps(content))
     with pytest.raises(Exception) as raised:
         _learning_rates(data_dir, tmp_path / "run", datalist=str(bad / "datalist.json"))
-    messages = "\n".join(str(e) for e in _chain(raised.value))
+    messages = "\n".join(str(e) for e in error_chain(raised.value))
     assert "nan_flair.nii.gz holds 64 non-finite values" in messages and "key 'flair'" in messages
     assert not list((tmp_path / "run" / "models").glob("*.pt"))
