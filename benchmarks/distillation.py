@@ -9,6 +9,7 @@ student − best baseline). Cost: parameters, FLOPs of one 64³ window, whole-br
 timed in the same run, each case in a fresh process.
 
     python benchmarks/distillation.py                     # PET, 2.5 min of training per model, ~20 min on 2 cores
+    python benchmarks/distillation.py --teacher-minutes 10  # a teacher trained 4× longer than the students
     python benchmarks/distillation.py --task fa --minutes 5
 
 Finished training runs with the same settings are reused. Prints a markdown table per part and one JSON line.
@@ -87,6 +88,7 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="pet", choices=["pet", "fa", "md"])
     parser.add_argument("--minutes", type=float, default=2.5, help="training minutes per model (equal wall clock)")
+    parser.add_argument("--teacher-minutes", type=float, help="the teacher's training minutes (default: --minutes)")
     parser.add_argument("--data", default=str(ROOT / "data" / "benchmark"), help="the standard synthetic cohort")
     parser.add_argument("--out", default=str(ROOT / "bundle" / "eval" / "distillation"))
     parser.add_argument("--seed", type=int, default=0)
@@ -119,12 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     datalist = synthetic_datalist(args.data, 40, args.seed, (0.65, 0.05, 0.30))
     ids = task_settings(BUNDLE, args.task, ("target_key", "input_keys"))
     settings = RunSettings(minutes=args.minutes, patch_size=None, batch_size=None, num_samples=None, seed=args.seed)
-    out = Path(args.out).absolute() / f"{args.task}_{args.minutes:g}min_seed{args.seed}"
+    teacher_minutes = args.teacher_minutes or args.minutes
+    teacher_settings = RunSettings(**{**settings, "minutes": teacher_minutes})
+    longer = "" if teacher_minutes == args.minutes else f"_teacher{teacher_minutes:g}min"
+    out = Path(args.out).absolute() / f"{args.task}_{args.minutes:g}min{longer}_seed{args.seed}"
 
     rows = run_baselines(datalist, out / "baselines", ids["target_key"], ids["input_keys"])
     student = model_overlays(BUNDLE, "student")
     runs = {}
-    runs["teacher"] = train_and_infer(BUNDLE, args.task, [], datalist, out / "teacher", settings)
+    print(f"[{args.task}] training the teacher for {teacher_minutes:g} min", file=sys.stderr, flush=True)
+    runs["teacher"] = train_and_infer(BUNDLE, args.task, [], datalist, out / "teacher", teacher_settings)
     teacher_weights = runs["teacher"]["checkpoint"]
     plans = {
         "student_distilled": (student, {"teacher_weights": teacher_weights}),
@@ -146,7 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         "student_distilled": "student, distilled from the teacher",
         "student_scratch": "student, trained without the teacher",
     }
-    print(f"\n{args.task}: held-out test subjects, {args.minutes:g} min of training per network (seed {args.seed})")
+    print(
+        f"\n{args.task}: held-out test subjects; training: teacher {teacher_minutes:g} min, students "
+        f"{args.minutes:g} min each (seed {args.seed})"
+    )
     print("\n".join(markdown_table(rows, labels, interval=True)))
 
     best = best_baseline(rows)
@@ -230,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "distillation",
         **machine(),
         "task": args.task,
-        "minutes_per_model": args.minutes,
+        "minutes_per_student": args.minutes,
+        "teacher_minutes": teacher_minutes,
         "seed": args.seed,
         "nrmse": {k: round(v, 5) for k, v in nrmse.items()},
         "best_baseline": best,
