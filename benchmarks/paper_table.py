@@ -11,6 +11,8 @@ mean, an intensity lookup table and a cubic polynomial fitted on the training su
     python benchmarks/paper_table.py --mode standard  # 40 subjects (12 test), 2.5 min per model, ~75 min on 2 cores
     python benchmarks/paper_table.py                  # quick mode: 20 subjects, 48 iterations of 32³, smoke scale
     python benchmarks/paper_table.py --mode full      # every model on every task, 2000 iterations each
+    python benchmarks/paper_table.py --mode standard --tasks pet --no-ablations \
+        --override generator_preset=student --docs /tmp/narrow   # every model with another shared setting
 
 Finished runs with the same settings are reused (delete ``bundle/eval/paper_table`` to start over). Prints a table
 per task and one JSON line.
@@ -20,12 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
+from custom_nets.config_check import parse_overrides
 from custom_nets.datasets.phantom.dataset import synthetic_datalist
 from custom_nets.evaluation.comparison import (
     ABLATION_MODELS,
@@ -69,7 +73,15 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=str(ROOT / "bundle" / "eval" / "paper_table"))
     parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"), help="where results.md and figures go")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-ablations", action="store_true", help="the comparison models only")
+    parser.add_argument(
+        "--override", action="append", default=[], metavar="ID=JSON", help="a config id set for every model's run"
+    )
     args = parser.parse_args(argv)
+    try:
+        args.overrides = parse_overrides(args.override)
+    except ValueError as error:
+        parser.error(str(error))
     unknown = [t for t in args.tasks if t not in PAPER_GAIN_OVER_2D_CGAN]
     if unknown:
         parser.error(f"--tasks: {unknown} not among {sorted(PAPER_GAIN_OVER_2D_CGAN)}")
@@ -94,14 +106,18 @@ def main(argv: list[str] | None = None) -> int:
     datalist = synthetic_datalist(args.data or ROOT / "data" / default_data, mode["subjects"], args.seed, mode["split"])
     content = json.loads(datalist.read_text(encoding="utf-8"))
     size = f"{settings['minutes']:g}min" if settings["minutes"] > 0 else f"{settings['iterations']}it"
-    out = Path(args.out).absolute() / f"{args.mode}_{size}_seed{settings['seed']}"
+    shared = "".join(
+        re.sub(r"[^A-Za-z0-9.-]+", "-", f"_{key.replace('#', '.')}-{value}") for key, value in args.overrides.items()
+    )
+    out = Path(args.out).absolute() / f"{args.mode}_{size}_seed{settings['seed']}{shared}"
     docs = Path(args.docs).absolute()
 
     start = time.perf_counter()
     report: dict = {"mode": args.mode, "settings": dict(settings), "tasks": {}}
     for task in args.tasks:
-        models = list(COMPARISON_MODELS) + (list(ABLATION_MODELS) if task in mode["ablation_tasks"] else [])
-        entry = compare(BUNDLE, task, datalist, out / task, settings, models, oracle=True)
+        ablations = task in mode["ablation_tasks"] and not args.no_ablations
+        models = list(COMPARISON_MODELS) + (list(ABLATION_MODELS) if ablations else [])
+        entry = compare(BUNDLE, task, datalist, out / task, settings, models, oracle=True, overrides=args.overrides)
         rows = entry["rows"]
         shown = {"intensity_lookup": "lookup table", **{m: MODEL_LABELS[m].split(" (")[0] for m in COMPARISON_MODELS}}
         entry["figure"] = comparison_figure(
@@ -165,6 +181,9 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         command += f" --minutes {args.minutes:g}"
     if args.tasks != ["pet", "fa", "md"]:
         command += " --tasks " + " ".join(args.tasks)
+    if args.no_ablations:
+        command += " --no-ablations"
+    command += "".join(f" --override {item}" for item in args.override)
     if settings["minutes"] > 0:
         iterations = {
             MODEL_LABELS[m]: row["run"]["iterations"]
@@ -192,8 +211,13 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         f"{len(content['training'])} training subjects, {len(content['test'])} held-out test subjects, 2 mm MNI grid. "
         "Validation subjects are not used: every model is scored with its final weights.",
         f"- Equal budget for every learned model: {budget}; Adam with the cosine schedule over the budget, the loss "
-        "weights and precision of `train.json`, CPU preset networks (`generator_preset: cpu`). Inference: "
-        "`inference.json`.",
+        "weights and precision of `train.json`, "
+        + (
+            "and for every model " + ", ".join(f"`{k}: {json.dumps(v)}`" for k, v in args.overrides.items())
+            if args.overrides
+            else "CPU preset networks (`generator_preset: cpu`)"
+        )
+        + ". Inference: `inference.json`.",
         "- Baselines without deep learning, fitted on the training subjects only "
         "(`python -m custom_nets.evaluation.baselines`); "
         "the oracle row scores the noise-free target (`<target>_noisefree` of the phantom): the error no synthesis "

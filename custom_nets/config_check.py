@@ -13,7 +13,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["check_settings", "unknown_cli_ids", "TASK_NAME"]
+__all__ = ["check_settings", "unknown_cli_ids", "parse_overrides", "TASK_NAME"]
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -124,3 +124,22 @@ def check_settings(
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{name} {str(path)!r}: no such file. Give the path of an existing file.")
     return True
+
+
+def parse_overrides(items: Sequence[str], option: str = "--override") -> dict:
+    """``{id: value}`` from command-line items ``ID=JSON`` (a value that is not JSON is taken as a plain string), as
+    ``python -m custom_nets.release --override`` and ``benchmarks/paper_table.py --override`` take them.
+
+    Raises:
+        ValueError: an item without ``=`` (the message names it and shows the form).
+    """
+    overrides = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator or not key:
+            raise ValueError(f"{option} {item!r}: expected ID=JSON, e.g. network_def#channels=[16,32,64].")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value  # a plain string
+    return overrides

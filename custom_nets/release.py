@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from custom_nets.config_check import parse_overrides
 from custom_nets.io import atomic_write_json, atomic_write_text, read_checkpoint, read_json, sha256_of
 
 __all__ = ["release_bundle", "verify_release", "write_large_files", "ZOO_CHECKS"]
@@ -362,15 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        overrides = {}
-        for item in args.override:
-            key, separator, value = item.partition("=")
-            if not separator:
-                raise ValueError(f"--override {item!r}: expected ID=JSON, e.g. network_def#channels=[16,32,64].")
-            try:
-                overrides[key] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[key] = value  # a plain string
+        overrides = parse_overrides(args.override)
         root = release_bundle(
             args.bundle, args.task, args.out, args.weights, args.prior, args.url_base, args.version, overrides
         )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from custom_nets.config_check import check_settings, unknown_cli_ids
+from custom_nets.config_check import check_settings, parse_overrides, unknown_cli_ids
 
 CONFIGS = Path(__file__).resolve().parent.parent / "bundle" / "configs"
 MAIN = "/site-packages/monai/bundle/__main__.py"
@@ -33,6 +33,30 @@ def test_bad_settings_are_named(task, patch_size, message):
 
 def test_good_settings_pass():
     assert check_settings("fa", [64, 96, 64], 32, CONFIGS / "tasks", argv=[])
+
+
+def test_missing_file_of_an_id_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="teacher_weights .*absent.pt': no such file"):
+        check_settings("fa", [64] * 3, 32, argv=[], files={"teacher_weights": str(tmp_path / "absent.pt")})
+    assert check_settings("fa", [64] * 3, 32, argv=[], files={"teacher_weights": ""})  # empty: not used
+
+
+@pytest.mark.parametrize(
+    "items, expected",
+    [
+        (["generator_preset=student"], {"generator_preset": "student"}),
+        (["network_def#channels=[8,16]", "lr_g=0.002"], {"network_def#channels": [8, 16], "lr_g": 0.002}),
+        (["per_voxel_prior=false"], {"per_voxel_prior": False}),
+    ],
+)
+def test_overrides_from_the_command_line(items, expected):
+    assert parse_overrides(items) == expected
+
+
+@pytest.mark.parametrize("item", ["generator_preset", "=3"])
+def test_malformed_override_is_named(item):
+    with pytest.raises(ValueError, match=f"--override '{item}': expected ID=JSON"):
+        parse_overrides([item])
 
 
 @pytest.mark.parametrize(
@@ -65,13 +89,14 @@ def test_cli_typo_stops_before_anything_is_written(tmp_path):
 
 def test_ids_shared_by_training_and_inference_agree():
     """Inference must rebuild the network and the preprocessing training used: every id both configs define has one
-    value, except those whose job differs (what to import and run, fitting vs reading the prior, and spectral norm
-    as a parametrisation to train vs folded into the weights: the same outputs, tests/test_export.py)."""
+    value, except those whose job differs (what to import and run, fitting vs reading the prior, the files checked
+    before a run (training also checks a distillation teacher's weights), and spectral norm as a parametrisation to
+    train vs folded into the weights: the same outputs, tests/test_export.py)."""
     import json
 
     train = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
     infer = json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8"))
-    differing = {"imports", "initialize", "run", "prior", "fold_spectral_norm"}
+    differing = {"imports", "initialize", "run", "prior", "check_config", "fold_spectral_norm"}
     shared = sorted(set(train) & set(infer) - differing)
     assert {"network_def", "load_transforms", "input_keys", "per_voxel_prior", "residual_on_prior"} <= set(shared)
     assert {key for key in shared if train[key] != infer[key]} == set()
