@@ -11,6 +11,12 @@ below --naive-max-gb; otherwise the row gives the prediction, marked "extrapolat
     python benchmarks/attention.py                                   # 16³ ... 40³ tokens; C = 64 and 128
     python benchmarks/attention.py --sizes 16 24 32 48 64 --channels 64   # local attention up to 64³ tokens
     python benchmarks/attention.py --sizes --quality-minutes 2.5    # SC-GAN pooled vs local attention, PET
+    python benchmarks/attention.py --sizes --output-site             # the 1-channel output site, values projected first
+
+With ``--output-site``, the output attention of the CPU preset (1 channel, keys pooled with stride 16) alone and the
+whole CPU-preset generator (per-voxel prior as residual base) are timed forward + backward on 4 × 64³ patches (a
+training step's batch) with the output projection applied after the attention (the paper's order) and to the values
+before it (``project_values_first``, the same outputs), alternating in one process, in the precision training uses.
 
 With ``--quality-minutes M``, SC-GAN with the paper's pooled attention and with local attention at every site
 (``configs/models/local_attention.json``) are trained for M wall-clock minutes each on the paper table's standard
@@ -92,6 +98,7 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT / "data" / "benchmark"), help="the quality runs' cohort")
     parser.add_argument("--out", default=str(ROOT / "bundle" / "eval" / "attention"), help="the quality runs' outputs")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output-site", action="store_true", help="time the output site's two orders of operations")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -151,6 +158,7 @@ def main() -> None:
         if any(r["variant"] == variant for r in rows)
     }
     quality = quality_runs(args) if args.quality_minutes > 0 else None
+    output_site = output_site_timing(args) if args.output_site else None
     import torch
 
     print(
@@ -164,9 +172,58 @@ def main() -> None:
                 "memory_ratios": ratios,
                 "local_peak_bytes_per_token": per_token,
                 "quality": quality,
+                "output_site": output_site,
             }
         )
     )
+
+
+def output_site_timing(args: argparse.Namespace) -> dict:
+    """Forward + backward seconds of the output site and of the whole generator, with the output projection after the
+    attention (the paper's order) and on the values first; both orders alternate in this process (median of
+    ``args.repeats`` pairs after a warm-up), so that their ratio is measured under the same load."""
+    import statistics
+
+    import torch
+
+    from custom_nets import SelfAttention3d, build_generator
+    from custom_nets.precision import autocast_dtype
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    dtype = autocast_dtype("cpu")
+    block = SelfAttention3d(3, 1, pool_size=2, pool_stride=16)
+    generator = build_generator("cpu", in_channels=3, residual_channel=2)
+    with torch.no_grad():
+        for module in [block, *generator.modules()]:
+            if isinstance(module, SelfAttention3d):
+                module.sigma.fill_(0.5)
+    cases = {"output site (1 channel, 4 × 64³)": (block, 1), "CPU-preset generator (4 × 64³)": (generator, 3)}
+    results = {}
+    for name, (network, channels) in cases.items():
+        x = torch.rand(4, channels, 64, 64, 64, requires_grad=True)
+        sites = [m for m in network.modules() if isinstance(m, SelfAttention3d) and m.project_values_first]
+
+        def step(first: bool) -> float:
+            for site in sites:
+                site.project_values_first = first
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                out = network(x)
+            out.float().mean().backward()
+            network.zero_grad()
+            return time.perf_counter() - start
+
+        step(False), step(True)  # warm-up
+        pairs = [(step(False), step(True)) for _ in range(max(args.repeats, 3))]
+        paper_order, values_first = (statistics.median(p[i] for p in pairs) for i in (0, 1))
+        results[name] = {"paper_order_s": paper_order, "values_first_s": values_first}
+        results[name]["speedup"] = paper_order / values_first
+    print("\n| forward + backward | W_o after the attention (paper) s | W_o on the values first s | speed-up |")
+    print("|---|---|---|---|")
+    for name, r in results.items():
+        print(f"| {name} | {r['paper_order_s']:.3f} | {r['values_first_s']:.3f} | {r['speedup']:.2f}× |")
+    return {"autocast": str(dtype), "rows": results}
 
 
 def quality_runs(args: argparse.Namespace) -> dict:

@@ -47,6 +47,31 @@ def test_fused_matches_naive(spatial_dims, channels, size, pool_size, pool_strid
     assert torch.linalg.vector_norm(fused - naive) <= 1e-5 * torch.linalg.vector_norm(naive)
 
 
+def _pooled_reference(block: SelfAttention3d, x: torch.Tensor) -> torch.Tensor:
+    """The paper's order of operations: o = W_o · softmax(q kᵀ) v over the pooled keys and values, then the gate."""
+    query = block.theta(x).flatten(2).transpose(1, 2)
+    key = block.pool(block.phi(x)).flatten(2).transpose(1, 2)
+    value = block.pool(block.g(x)).flatten(2).transpose(1, 2)
+    attended = torch.bmm(torch.softmax(torch.bmm(query, key.transpose(1, 2)), -1), value)
+    out = block.out_proj(attended.transpose(1, 2).reshape(x.shape[0], -1, *x.shape[2:]))
+    return x + (block.sigma / (1 + block.sigma)) * (out - x)
+
+
+@parameterized.expand(CASES)
+def test_matches_the_papers_order_of_operations(spatial_dims, channels, size, pool_size, pool_stride):
+    """Including the 1-channel output site, where the output projection is applied to the values first."""
+    torch.manual_seed(0)
+    block = _with_open_gate(SelfAttention3d(spatial_dims, channels, pool_size, pool_stride))
+    assert block.project_values_first == (channels == 1)
+    x = torch.randn(2, channels, *([size] * spatial_dims))
+    with torch.no_grad():
+        reference = _pooled_reference(block, x)
+        for implementation in ("fused", "naive"):
+            block.implementation = implementation
+            result = block(x)
+            assert torch.linalg.vector_norm(result - reference) <= 1e-5 * torch.linalg.vector_norm(reference)
+
+
 def test_gradients_reach_gate_and_projections():
     block = SelfAttention3d(3, 16).train()
     x = torch.randn(1, 16, 8, 8, 8, requires_grad=True)

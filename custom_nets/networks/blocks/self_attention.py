@@ -32,8 +32,10 @@ class SelfAttention3d(nn.Module):
         o = W_o · softmax(q kᵀ) v     C/2 -> C, no 1/sqrt(d) scaling (as in the paper's code)
         y = (x + σ o) / (1 + σ)       σ a learnable scalar, initialised to 0, so the block starts as the identity
 
-    All four projections are 1×1(×1) convolutions, spectrally normalised by default. Despite its name the block works
-    for ``spatial_dims`` 2 and 3.
+    All four projections are 1×1(×1) convolutions, spectrally normalised by default. Where ``W_o`` narrows (``C`` = 1,
+    the output site: 16 -> 1), ``softmax(q kᵀ)(W_o v)`` is computed instead, the same value because the bias-free
+    ``W_o`` commutes with the attention's weighted sum, without a 16-channel map at full resolution. Despite its name
+    the block works for ``spatial_dims`` 2 and 3.
 
     The core runs through :func:`torch.nn.functional.scaled_dot_product_attention` on contiguous tensors, so that a
     fused kernel keeps memory O(N + M) instead of materialising the N×M score matrix. PyTorch's CPU flash kernel needs
@@ -104,6 +106,11 @@ class SelfAttention3d(nn.Module):
         # The paper's code: C//8 or 4, and C//2 or 16 (so a 1-channel output layer still gets 4-wide keys).
         self.qk_channels = in_channels // 8 or 4
         self.v_channels = in_channels // 2 or 16
+        # W_o Σ_m p_nm v_m = Σ_m p_nm (W_o v_m): the bias-free output projection commutes with the attention's weighted
+        # sum, so where it narrows (the 1-channel output site: 16 -> 1) it is applied to the M keys' values before the
+        # attention instead of to the N attended voxels after it: the same outputs, a 16-wide tensor at full
+        # resolution never built (benchmarks/attention.py --output-site measures the saving)
+        self.project_values_first = in_channels < self.v_channels
 
         def projection(cin: int, cout: int) -> nn.Module:
             return make_conv(
@@ -137,12 +144,13 @@ class SelfAttention3d(nn.Module):
         attn_mask: Optional[torch.Tensor] = None
         if key_mask is not None:
             attn_mask = key_mask[:, None, None, :]  # (B, heads, N, M), broadcast
+        value_width = value.shape[-1]
         if query.device.type != "cuda":
             # The CPU flash kernel needs one width for q, k and v; zero columns leave q kᵀ unchanged.
-            width = max(self.qk_channels, self.v_channels)
+            width = max(self.qk_channels, value_width)
             query = F.pad(query, (0, width - self.qk_channels))
             key = F.pad(key, (0, width - self.qk_channels))
-            value = F.pad(value, (0, width - self.v_channels))
+            value = F.pad(value, (0, width - value_width))
         # A singleton head dimension: (B, 1, N, D). contiguous() keeps SDPA off the strided math fallback.
         out = F.scaled_dot_product_attention(
             query.unsqueeze(1).contiguous(),
@@ -151,7 +159,7 @@ class SelfAttention3d(nn.Module):
             attn_mask=attn_mask,
             scale=1.0,
         )
-        return out.squeeze(1)[..., : self.v_channels]
+        return out.squeeze(1)[..., :value_width]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x.shape[2:]
@@ -161,18 +169,24 @@ class SelfAttention3d(nn.Module):
                 f"pool_size={self.pool_size}, got shape {x.shape}."
             )
         if self.window_size > 0:
-            attended = self.local_attention(self.theta(x), self.phi(x), self.g(x))
+            values = self.g(x)
+            if self.project_values_first:
+                values = self.out_proj(values)
+            out = self.local_attention(self.theta(x), self.phi(x), values)
         else:
+            values = self.pool(self.g(x))
+            if self.project_values_first:
+                values = self.out_proj(values)  # on the M pooled voxels
             # "b c *s -> b (*s) c" for queries, pooled keys and values
             query = self.theta(x).flatten(2).transpose(1, 2)
             key = self.pool(self.phi(x)).flatten(2).transpose(1, 2)
-            value = self.pool(self.g(x)).flatten(2).transpose(1, 2)
-            attended = self.attend(query, key, value)
+            out = self.attend(query, key, values.flatten(2).transpose(1, 2))
             # "b (*s) c -> b c *s"
-            attended_shape = list(x.shape)
-            attended_shape[1] = self.v_channels
-            attended = attended.transpose(1, 2).reshape(attended_shape)
-        out = self.out_proj(attended)
+            out_shape = list(x.shape)
+            out_shape[1] = values.shape[1]
+            out = out.transpose(1, 2).reshape(out_shape)
+        if not self.project_values_first:
+            out = self.out_proj(out)
         # (x + σ·o) / (1 + σ), written so that autograd keeps one N×C tensor instead of two
         return x + (self.sigma / (1 + self.sigma)) * (out - x)
 
