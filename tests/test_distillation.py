@@ -124,23 +124,30 @@ def _train_teacher(data_dir, root):
     return weights
 
 
-def _files(config: str) -> list[str]:
-    return [str(CONFIGS / config), str(CONFIGS / "tasks" / "pet.json"), str(CONFIGS / "models" / "student.json")]
+def _student_workflow(config: str, workflow_type: str, root, data_dir, **overrides):
+    """``config`` + ``tasks/pet.json`` + ``models/student.json`` as a MONAI ``ConfigWorkflow`` in ``root``."""
+    from monai.bundle import ConfigWorkflow
+
+    return ConfigWorkflow(
+        config_file=[str(CONFIGS / f) for f in (config, "tasks/pet.json", "models/student.json")],
+        meta_file=str(CONFIGS / "metadata.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        workflow_type=workflow_type,
+        bundle_root=str(root),
+        dataset_dir=str(data_dir),
+        **overrides,
+    )
 
 
 def test_bundle_distillation_run(data_dir, tmp_path):
     """train.json + models/student.json + teacher_weights: the student trains with both distillation terms, saves
     weights that inference.json + models/student.json loads."""
-    from monai.bundle import ConfigWorkflow
-
     teacher = _train_teacher(data_dir, tmp_path)
-    workflow = ConfigWorkflow(
-        config_file=_files("train.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="train",
-        bundle_root=str(tmp_path / "student"),
-        dataset_dir=str(data_dir),
+    workflow = _student_workflow(
+        "train.json",
+        "train",
+        tmp_path / "student",
+        data_dir,
         teacher_weights=str(teacher),
         final_weights_file=str(tmp_path / "student.pt"),
         **{**TINY_TRAIN, **TEACHER_IDS, **STUDENT_IDS},
@@ -153,15 +160,7 @@ def test_bundle_distillation_run(data_dir, tmp_path):
     assert {"distill_output", "distill_feature"} <= set(losses)
     assert all(np.isfinite(losses[k]) for k in ("g_loss", "distill_output", "distill_feature"))
     assert trainer.distillation is not None and not any(p.requires_grad for p in trainer.distillation.parameters())
-    inference = ConfigWorkflow(
-        config_file=_files("inference.json"),
-        meta_file=str(CONFIGS / "metadata.json"),
-        logging_file=str(CONFIGS / "logging.conf"),
-        workflow_type="infer",
-        bundle_root=str(tmp_path / "student"),
-        dataset_dir=str(data_dir),
-        **{**TINY, **STUDENT_IDS},
-    )
+    inference = _student_workflow("inference.json", "infer", tmp_path / "student", data_dir, **{**TINY, **STUDENT_IDS})
     network = inference.parser.get_parsed_content("network_def")
     network.load_state_dict(torch.load(tmp_path / "student.pt", weights_only=True))
     assert not network.head[-1].__class__.__name__.startswith("SelfAttention")  # the student has no output attention
