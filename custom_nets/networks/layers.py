@@ -67,8 +67,10 @@ def make_conv(
     bias: bool = False,
     spectral_norm: bool = True,
     n_power_iterations: int = 1,
+    upsample_factor: int = 1,
 ) -> nn.Module:
-    """A 2D/3D (transposed) convolution whose output has ``size * stride`` (transposed) or ``size / stride`` voxels.
+    """A 2D/3D (transposed) convolution whose output has ``size * stride`` (transposed), ``size * upsample_factor``
+    (resize-convolution) or ``size / stride`` voxels.
 
     Args:
         spatial_dims: 2 or 3.
@@ -80,10 +82,22 @@ def make_conv(
         bias: add a bias (the SC-GAN code has none: each convolution is followed by a normalisation).
         spectral_norm: wrap the weight in spectral normalisation.
         n_power_iterations: power iterations per forward pass in training mode (the paper's code uses 1).
+        upsample_factor: above 1, a resize-convolution: nearest upsampling by this factor, then the convolution (odd
+            ``kernel_size``, stride 1), computed at the input's resolution by ``ResizeConv2d``/``ResizeConv3d``.
     """
-    if transposed:
+    if upsample_factor > 1:
+        if transposed or stride != 1:
+            raise ValueError(f"a resize-convolution has stride 1 and is not transposed, got stride {stride}.")
+        # imported here: the blocks package imports this module (self-attention builds its projections with make_conv)
+        from custom_nets.networks.blocks.resize_conv import ResizeConv2d, ResizeConv3d
+
+        resize_conv = ResizeConv3d if spatial_dims == 3 else ResizeConv2d
+        conv: nn.Module = resize_conv(
+            in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias, scale_factor=upsample_factor
+        )
+    elif transposed:
         padding, output_padding = transposed_padding(kernel_size, stride)
-        conv: nn.Module = Conv[Conv.CONVTRANS, spatial_dims](
+        conv = Conv[Conv.CONVTRANS, spatial_dims](
             in_channels,
             out_channels,
             kernel_size,
