@@ -3,11 +3,13 @@
 upsampling then convolving (the same function), alternating in one process so that the ratios share the machine state.
 
 1. Layers: every resize-convolution of the CPU preset (the teacher) and of the student on a 64³ patch, batch 4 (a
-   training step's batch and ``inference.json``'s ``sw_batch_size``): forward (inference mode) and forward + backward
-   milliseconds, phase form vs upsampled, with the path ``_phases_pay`` picks for that call.
-2. Networks: the generator's training step (forward + backward + Adam, L1 to a target, 4 × 64³, per-voxel prior as
-   residual base) and the whole-brain inference with ``inference.json``'s sliding window (2 mm: 91×109×91; 1 mm:
-   182×218×182; overlap 0.5), both presets, both forms; and the teacher / student inference ratio under each form.
+   training step's batch and ``inference.json``'s ``sw_batch_size``), contiguous (inference) and channels-last
+   (training with ``channels_last: true``): forward (inference mode) and forward + backward milliseconds with the
+   phase form forced (``phase_mode="always"``) against upsampling then convolving (``"never"``), and the path
+   ``"auto"`` takes: where the crossover lies.
+2. Networks: the generator's training step (forward + backward + Adam, L1 to a target, 4 × 64³ channels-last, per-voxel
+   prior as residual base) and the whole-brain inference with ``inference.json``'s sliding window (2 mm: 91×109×91;
+   1 mm: 182×218×182; overlap 0.5), both presets, ``"auto"`` against ``"never"``; and the teacher / student ratio.
 
 Precision: bf16 autocast where it is native (``custom_nets.precision``), fp32 elsewhere, as training and inference use.
 
@@ -23,40 +25,50 @@ import argparse
 import json
 import os
 import sys
+from typing import TYPE_CHECKING, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import machine, print_table, timed  # noqa: E402
+
+if TYPE_CHECKING:
+    import torch
 
 GRIDS = {"2mm": (91, 109, 91), "1mm": (182, 218, 182)}
 PRESETS = {"teacher": "cpu", "student": "student"}
 IN_CHANNELS = 3  # T1w, FLAIR and the per-voxel prior, as train.json builds them
 
 
-def _set_phases(network, enabled: bool) -> None:
+def _set_phase_mode(network: "torch.nn.Module", mode: str) -> None:
     from custom_nets.networks.blocks.resize_conv import ResizeConv3d
 
     for module in network.modules():
         if isinstance(module, ResizeConv3d):
-            module.use_phases = enabled
+            module.phase_mode = mode
 
 
-def _alternate(step, network, repeats: int) -> dict[str, float]:
-    """Median seconds of ``step`` with the phase form on and off, the two interleaved ``repeats`` times."""
-    times: dict[str, list[float]] = {"phases": [], "upsampled": []}
+def _alternate(step: Callable[[], object], network: "torch.nn.Module", forms: dict[str, str], repeats: int) -> dict:
+    """Median seconds of ``step`` under each ``phase_mode`` of ``forms`` (label -> mode), interleaved ``repeats``
+    times so that every form sees the same machine state."""
+    times: dict[str, list[float]] = {label: [] for label in forms}
     for _ in range(repeats):
-        for form in times:
-            _set_phases(network, form == "phases")
-            times[form].append(timed(step, 1, warmup=1))
-    _set_phases(network, True)
-    return {form: sorted(values)[len(values) // 2] for form, values in times.items()}
+        for label, mode in forms.items():
+            _set_phase_mode(network, mode)
+            times[label].append(timed(step, 1, warmup=1))
+    _set_phase_mode(network, "auto")
+    return {label: sorted(values)[len(values) // 2] for label, values in times.items()}
 
 
-def layer_rows(dtype, repeats: int) -> list[dict]:
+# layers: both forms forced, so each row measures the crossover; networks: the default against the old form
+LAYER_FORMS = {"phases": "always", "upsampled": "never"}
+NETWORK_FORMS = {"phases": "auto", "upsampled": "never"}
+
+
+def layer_rows(dtype: "torch.dtype | None", repeats: int, channels_last: bool) -> list[dict]:
     import torch
 
     from custom_nets.networks import SCGANGenerator
-    from custom_nets.networks.blocks.resize_conv import ResizeConv3d, _phases_pay
+    from custom_nets.networks.blocks.resize_conv import ResizeConv3d, _use_phases
 
     rows = []
     for name, preset in PRESETS.items():
@@ -74,6 +86,9 @@ def layer_rows(dtype, repeats: int) -> list[dict]:
         modules = dict(generator.named_modules())
         for key, x in inputs.items():
             layer = modules[key]
+            if channels_last:
+                layer = layer.to(memory_format=torch.channels_last_3d)
+                x = x.contiguous(memory_format=torch.channels_last_3d)
             x = x.clone().requires_grad_(True)
 
             def forward(layer=layer, x=x):
@@ -85,15 +100,16 @@ def layer_rows(dtype, repeats: int) -> list[dict]:
                     y = layer(x)
                 y.float().square().mean().backward()
 
-            fwd = _alternate(forward, layer, repeats)
-            both = _alternate(forward_backward, layer, repeats)
+            fwd = _alternate(forward, layer, LAYER_FORMS, repeats)
+            both = _alternate(forward_backward, layer, LAYER_FORMS, repeats)
             rows.append(
                 {
                     "network": name,
                     "layer": key,
                     "channels": f"{layer.in_channels}→{layer.out_channels}",
                     "input": f"{x.shape[2]}³",
-                    "phase_path": bool(_phases_pay(x, layer.weight, layer.low_kernel_size)),
+                    "channels_last": channels_last,
+                    "auto_takes_phases": bool(_use_phases("auto", x, layer.weight, layer.low_kernel_size)),
                     "forward_ms": {k: v * 1000 for k, v in fwd.items()},
                     "forward_backward_ms": {k: v * 1000 for k, v in both.items()},
                 }
@@ -101,7 +117,7 @@ def layer_rows(dtype, repeats: int) -> list[dict]:
     return rows
 
 
-def network_rows(dtype, repeats: int, grids: list[str]) -> list[dict]:
+def network_rows(dtype: "torch.dtype | None", repeats: int, grids: list[str]) -> list[dict]:
     import torch
 
     from custom_nets.inferers import SeamlessSlidingWindowInferer
@@ -109,11 +125,12 @@ def network_rows(dtype, repeats: int, grids: list[str]) -> list[dict]:
 
     torch.manual_seed(0)
     rows = []
-    x = torch.randn(4, IN_CHANNELS, 64, 64, 64)
+    x = torch.randn(4, IN_CHANNELS, 64, 64, 64).contiguous(memory_format=torch.channels_last_3d)
     target = torch.randn(4, 1, 64, 64, 64)
     inferer = SeamlessSlidingWindowInferer((64, 64, 64), 4, 0.5, "hann", 0.125)  # inference.json's settings
     for name, preset in PRESETS.items():
         generator = SCGANGenerator.from_preset(preset, in_channels=IN_CHANNELS, residual_channel=IN_CHANNELS - 1)
+        generator = generator.to(memory_format=torch.channels_last_3d)  # as train.json's channels_last: true
         optimiser = torch.optim.Adam(generator.parameters(), 1e-4)
 
         def train_step(generator=generator, optimiser=optimiser):
@@ -124,7 +141,13 @@ def network_rows(dtype, repeats: int, grids: list[str]) -> list[dict]:
             loss.backward()
             optimiser.step()
 
-        rows.append({"network": name, "case": "training step 4×64³", **_alternate(train_step, generator, repeats)})
+        rows.append(
+            {
+                "network": name,
+                "case": "training step 4×64³",
+                **_alternate(train_step, generator, NETWORK_FORMS, repeats),
+            }
+        )
         deployed = SCGANGenerator.from_preset(
             preset, in_channels=IN_CHANNELS, residual_channel=IN_CHANNELS - 1, fold_spectral_norm=True
         ).eval()
@@ -136,7 +159,11 @@ def network_rows(dtype, repeats: int, grids: list[str]) -> list[dict]:
                     return inferer(image, deployed)
 
             rows.append(
-                {"network": name, "case": f"whole-brain inference {grid}", **_alternate(infer, deployed, repeats)}
+                {
+                    "network": name,
+                    "case": f"whole-brain inference {grid}",
+                    **_alternate(infer, deployed, NETWORK_FORMS, repeats),
+                }
             )
     return rows
 
@@ -154,17 +181,27 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     dtype = autocast_dtype("cpu")
-    layers = layer_rows(dtype, args.repeats)
+    layers = layer_rows(dtype, args.repeats, channels_last=False) + layer_rows(dtype, args.repeats, channels_last=True)
     print(f"\nResize-convolutions on 4 × 64³ patches, {dtype or 'fp32'} (median of {args.repeats} alternations)\n")
     print_table(
-        ["network", "layer", "channels", "input", "path taken", "forward ms (phase / upsampled)", "fwd+bwd ms"],
+        [
+            "network",
+            "layer",
+            "channels",
+            "input",
+            "layout",
+            "auto takes",
+            "forward ms (phase / upsampled)",
+            "fwd+bwd ms",
+        ],
         [
             [
                 r["network"],
                 r["layer"],
                 r["channels"],
                 r["input"],
-                "phase" if r["phase_path"] else "upsampled",
+                "channels-last" if r["channels_last"] else "contiguous",
+                "phase" if r["auto_takes_phases"] else "upsampled",
                 f"{r['forward_ms']['phases']:.1f} / {r['forward_ms']['upsampled']:.1f} "
                 f"({r['forward_ms']['upsampled'] / r['forward_ms']['phases']:.2f}×)",
                 f"{r['forward_backward_ms']['phases']:.1f} / {r['forward_backward_ms']['upsampled']:.1f} "

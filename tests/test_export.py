@@ -42,7 +42,8 @@ def test_trace_matches_eager_at_other_sizes():
     for shape in [(1, 2, 16, 16, 16), (2, 2, 32, 16, 24)]:
         x = torch.randn(shape)
         with torch.no_grad():
-            torch.testing.assert_close(traced(x), net(x), rtol=1e-5, atol=1e-6)
+            # the trace records upsampling + convolution, eager may take ResizeConv3d's phase form: float rounding
+            torch.testing.assert_close(traced(x), net(x), rtol=1e-5, atol=1e-5)
 
 
 @parameterized.expand([[SCGANGenerator, SMALL, (1, 2, 16, 16, 16)], [SCGANDiscriminator, {}, (1, 3, 16, 16, 16)]])

@@ -263,7 +263,8 @@ class SCGANGenerator(nn.Module):
                 layers = [conv(cin, cout, kernel, stride, transposed=True)]
             else:
                 # nearest upsampling and the convolution in one module that computes them at the input's resolution
-                # (ResizeConv3d: the same outputs, up to 8.7x faster); the Identity keeps the checkpoints' layer index
+                # (ResizeConv3d: the same function, faster; performance.md §7); the Identity keeps the layer index of
+                # checkpoints saved when an nn.Upsample stood there
                 layers = [nn.Identity(), conv(cin, cout, kernel | 1, up=stride)]
             layers.append(make_norm(norm, spatial_dims, cout))
             if dropout > 0 and position < num_dropout_levels:

@@ -84,10 +84,17 @@ def make_conv(
         n_power_iterations: power iterations per forward pass in training mode (the paper's code uses 1).
         upsample_factor: above 1, a resize-convolution: nearest upsampling by this factor, then the convolution (odd
             ``kernel_size``, stride 1), computed at the input's resolution by ``ResizeConv2d``/``ResizeConv3d``.
+
+    Raises:
+        ValueError: ``upsample_factor > 1`` with ``transposed`` or a stride, or an even ``kernel_size`` with it; a
+            transposed ``kernel_size``/``stride`` pair that cannot double the size.
     """
     if upsample_factor > 1:
         if transposed or stride != 1:
-            raise ValueError(f"a resize-convolution has stride 1 and is not transposed, got stride {stride}.")
+            raise ValueError(
+                f"a resize-convolution (upsample_factor={upsample_factor}) has stride 1 and is not transposed, got "
+                f"stride={stride}, transposed={transposed}."
+            )
         # imported here: the blocks package imports this module (self-attention builds its projections with make_conv)
         from custom_nets.networks.blocks.resize_conv import ResizeConv2d, ResizeConv3d
 

@@ -1,73 +1,69 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
 """Resize-convolution (nearest-neighbour upsampling followed by a stride-1 convolution) computed at the input's
-resolution: one convolution per output phase, summed weights, then a pixel shuffle."""
+resolution: summed phase kernels, one wide convolution, then a pixel shuffle."""
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Any, List, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["ResizeConv2d", "ResizeConv3d", "phase_taps", "phase_kernels"]
+__all__ = ["ResizeConv2d", "ResizeConv3d", "phase_taps", "phase_kernels", "PHASE_MODES"]
+
+# "auto": the phase form where it pays and is safe (`_use_phases`); "always" / "never": one form (benchmarks)
+PHASE_MODES = ("auto", "always", "never")
 
 
-def phase_taps(scale_factor: int, kernel_size: int) -> tuple[torch.Tensor, int, int]:
-    """How the taps of a ``kernel_size`` convolution applied after a ``scale_factor`` nearest upsampling fall on the
-    input's voxels, per axis.
+def phase_taps(scale_factor: int, kernel_size: int) -> tuple[torch.Tensor, int]:
+    """Where the taps of a ``kernel_size`` convolution applied after a ``scale_factor`` nearest upsampling fall on the
+    input, along one axis.
 
     Output voxel ``s·i + p`` (phase ``p``) with tap ``t`` in ``[-r, r]`` (``r = kernel_size // 2``) reads upsampled
     voxel ``s·i + p + t``, which is input voxel ``i + floor((p + t) / s)``. So each phase is a convolution of the input
-    with the sums of the taps that land on the same input voxel.
+    with the sums of the taps that land on the same input voxel; the offsets span ``[-ceil(r / s), ceil(r / s)]``.
+
+    Args:
+        scale_factor: the upsampling factor ``s`` (>= 1).
+        kernel_size: the convolution's odd kernel size ``k``.
 
     Returns:
-        ``taps`` of shape ``(scale_factor, K, kernel_size)`` with ``taps[p, j, t] = 1`` when tap ``t`` of phase ``p``
-        reads input offset ``j - pad_low``; ``pad_low`` and ``pad_high``, the input padding of the low-resolution
-        convolution (``K = pad_low + pad_high + 1``).
+        ``taps`` of shape ``(s, K, k)`` with ``taps[p, j, t] = 1`` when tap ``t`` of phase ``p`` reads input offset
+        ``j - padding``, and ``padding = ceil(r / s)``, the low-resolution convolution's padding
+        (``K = 2 · padding + 1``).
 
     Raises:
-        ValueError: ``scale_factor < 1`` or an even ``kernel_size`` (the generator rounds even kernels up to odd).
+        ValueError: ``scale_factor < 1``, or a ``kernel_size`` that is not a positive odd number (the generator rounds
+            even kernels up in resize mode).
     """
     if scale_factor < 1 or kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"need scale_factor >= 1 and an odd kernel_size, got {scale_factor} and {kernel_size}.")
     radius = kernel_size // 2
-    low, high = -radius // scale_factor, (scale_factor - 1 + radius) // scale_factor
-    taps = torch.zeros(scale_factor, high - low + 1, kernel_size)
+    padding = -(-radius // scale_factor)
+    taps = torch.zeros(scale_factor, 2 * padding + 1, kernel_size)
     for phase in range(scale_factor):
         for tap in range(kernel_size):
-            taps[phase, (phase + tap - radius) // scale_factor - low, tap] = 1.0
-    return taps, -low, high
-
-
-def _configure(conv: nn.Module, scale_factor: int) -> None:
-    """Check that ``conv`` can be a resize-convolution and set its phase attributes."""
-    kernel = conv.kernel_size[0]
-    if any(k != kernel for k in conv.kernel_size) or conv.stride != (1,) * len(conv.kernel_size):
-        raise ValueError(
-            f"a resize-convolution needs a cubic kernel and stride 1, got {conv.kernel_size}, {conv.stride}"
-        )
-    if conv.groups != 1 or conv.dilation != (1,) * len(conv.kernel_size) or conv.padding_mode != "zeros":
-        raise ValueError("a resize-convolution needs groups=1, dilation=1 and zero padding.")
-    if conv.padding != (kernel // 2,) * len(conv.kernel_size):
-        raise ValueError(f"a resize-convolution keeps the size: padding must be {kernel // 2}, got {conv.padding}.")
-    taps, pad_low, pad_high = phase_taps(scale_factor, kernel)
-    conv.scale_factor, conv.pad_low, conv.pad_high = scale_factor, pad_low, pad_high
-    conv.low_kernel_size = pad_low + pad_high + 1
-    conv.use_phases = True  # False: always upsample then convolve (benchmarks/resize_conv.py compares the two)
-    conv.tap_ranges = []
-    for phase_row in taps.reshape(-1, kernel):
-        landing = phase_row.nonzero().flatten().tolist()  # contiguous by construction
-        conv.tap_ranges.append([landing[0], len(landing)] if landing else [0, 0])
+            taps[phase, (phase + tap - radius) // scale_factor + padding, tap] = 1.0
+    return taps, padding
 
 
 def phase_kernels(weight: torch.Tensor, tap_ranges: List[List[int]], scale_factor: int) -> torch.Tensor:
-    """The ``s**d`` low-resolution kernels of a resize-convolution: ``weight`` ``(O, I, k, ..., k)`` gives
-    ``(s**d · O, I, K, ..., K)``, phase-major (phase of axis 1, ..., of axis d, then output channel).
+    """The ``s**d`` low-resolution kernels of a resize-convolution, stacked for one convolution.
 
-    ``tap_ranges[p * K + j]`` is ``[first, count]``: the taps of phase ``p`` that land on low-resolution offset ``j``
-    (contiguous, ``count`` 0 for none; ``phase_taps``). Slices and sums only, one axis at a time: autocast leaves
-    them in the weight's precision, and no intermediate is larger than the result."""
+    Slices and sums only, one axis at a time: autocast leaves them in the weight's precision, and no intermediate is
+    larger than the result.
+
+    Args:
+        weight: the convolution's weight ``(O, I, k, ..., k)`` (``d`` spatial axes).
+        tap_ranges: ``s · K`` pairs ``[first, count]``, row ``p · K + j``: the contiguous taps of phase ``p`` that
+            land on low-resolution offset ``j`` (``count`` 0 for none), from ``phase_taps``.
+        scale_factor: ``s``.
+
+    Returns:
+        ``(s**d · O, I, K, ..., K)``, phase-major: the phase along axis 1, ..., along axis ``d``, then the output
+        channel (the order ``_shuffle2d`` / ``_shuffle3d`` undo).
+    """
     spatial_dims = weight.dim() - 2
     kernel = weight
     for axis in range(spatial_dims):
@@ -85,81 +81,147 @@ def phase_kernels(weight: torch.Tensor, tap_ranges: List[List[int]], scale_facto
     return kernel.flatten(0, spatial_dims)
 
 
-def _phases_pay(input: torch.Tensor, weight: torch.Tensor, low_kernel_size: int) -> bool:
-    """Whether the phase form is used for this call; else upsampling then convolving (the same function).
+def _use_phases(mode: str, input: torch.Tensor, weight: torch.Tensor, low_kernel_size: int) -> bool:
+    """Whether this call takes the phase form (else: upsampling, then the convolution; the same function).
 
-    The phase kernels cost a weight transform of ``s**d`` times the weight's size per call, so small maps under wide
-    layers (``input.numel() < 4 · weight.numel()``, the crossover measured by ``benchmarks/resize_conv.py``) take the
-    upsampled path. So do maps smaller than the phase kernel (the 2³ bottleneck of a 64³ patch): oneDNN's CPU bf16
-    conv3d weight gradient was wrong there (``tests/test_resize_conv.py``)."""
-    return min(input.shape[2:]) >= low_kernel_size and input.numel() >= 4 * weight.numel()
+    ``"auto"`` takes it unless
+    - the map has fewer voxels per sample than the weight per input channel (``O · k**d``): summing the weights
+      (``s**d`` times their size per call) then costs more than it saves, the crossover that
+      ``benchmarks/resize_conv.py`` measures (per sample, so the path does not change with the batch size);
+    - the map is smaller than the phase kernel on some axis (the 2³ bottleneck of a 64³ patch): there oneDNN's CPU
+      bf16 conv3d weight gradient returned wrong values (torch 2.13.0, AVX-512 BF16; ``tests/test_resize_conv.py``),
+      and such maps cost nothing either way;
+    - the call is being traced (``torch.jit.trace``, ONNX export): a trace keeps one path for every later input
+      size, so it keeps the plain operators, as before this module existed, without shape-dependent branches.
+    """
+    if mode != "auto":
+        return mode == "always"
+    if torch.jit.is_tracing():
+        return False
+    spatial = input.shape[2:]
+    voxels = 1
+    for size in spatial:
+        voxels *= size
+    return min(spatial) >= low_kernel_size and voxels * weight.shape[1] >= weight.numel()
+
+
+def _shuffle3d(y: torch.Tensor, scale: int) -> torch.Tensor:
+    """``(B, s³·O, D, H, W)`` phase-major -> ``(B, O, s·D, s·H, s·W)``, in the memory format ``y`` has."""
+    b, channels, d, h, w = y.shape
+    out_channels = channels // (scale * scale * scale)  # not scale**3: an int power is a float in TorchScript
+    if out_channels > 1 and y.is_contiguous(memory_format=torch.channels_last_3d):
+        # shuffle the physical (B, D, H, W, C) layout: one copy, and the result stays channels-last for the next layer
+        y = y.permute(0, 2, 3, 4, 1).reshape(b, d, h, w, scale, scale, scale, out_channels)
+        y = y.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(b, d * scale, h * scale, w * scale, out_channels)
+        return y.permute(0, 4, 1, 2, 3)
+    y = y.reshape(b, scale, scale, scale, out_channels, d, h, w).permute(0, 4, 5, 1, 6, 2, 7, 3)
+    return y.reshape(b, out_channels, d * scale, h * scale, w * scale)
+
+
+def _shuffle2d(y: torch.Tensor, scale: int) -> torch.Tensor:
+    """``(B, s²·O, H, W)`` phase-major -> ``(B, O, s·H, s·W)``, in the memory format ``y`` has."""
+    b, channels, h, w = y.shape
+    out_channels = channels // (scale * scale)
+    if out_channels > 1 and y.is_contiguous(memory_format=torch.channels_last):
+        y = y.permute(0, 2, 3, 1).reshape(b, h, w, scale, scale, out_channels)
+        y = y.permute(0, 1, 3, 2, 4, 5).reshape(b, h * scale, w * scale, out_channels)
+        return y.permute(0, 3, 1, 2)
+    y = y.reshape(b, scale, scale, out_channels, h, w).permute(0, 3, 4, 1, 5, 2)
+    return y.reshape(b, out_channels, h * scale, w * scale)
+
+
+def _configure(conv: nn.Module, scale_factor: int, phase_mode: str) -> None:
+    """Check that ``conv`` (an ``nn.Conv2d``/``nn.Conv3d``) can be a resize-convolution; set its phase attributes."""
+    kernel = conv.kernel_size[0]
+    ones = (1,) * len(conv.kernel_size)
+    if any(k != kernel for k in conv.kernel_size) or conv.stride != ones:
+        raise ValueError(
+            f"a resize-convolution needs the same kernel size on every axis and stride 1, got kernel_size "
+            f"{conv.kernel_size} and stride {conv.stride}."
+        )
+    if conv.groups != 1 or conv.dilation != ones or conv.padding_mode != "zeros":
+        raise ValueError("a resize-convolution needs groups=1, dilation=1 and padding_mode='zeros'.")
+    if conv.padding != (kernel // 2,) * len(conv.kernel_size):
+        raise ValueError(f"a resize-convolution keeps the size: padding must be {kernel // 2}, got {conv.padding}.")
+    if phase_mode not in PHASE_MODES:
+        raise ValueError(f"phase_mode must be one of {PHASE_MODES}, got {phase_mode!r}.")
+    taps, padding = phase_taps(scale_factor, kernel)
+    conv.scale_factor, conv.phase_padding, conv.low_kernel_size = scale_factor, padding, 2 * padding + 1
+    conv.phase_mode = phase_mode
+    conv.tap_ranges = []
+    for phase_row in taps.reshape(-1, kernel):
+        landing = phase_row.nonzero().flatten().tolist()  # contiguous by construction
+        conv.tap_ranges.append([landing[0], len(landing)] if landing else [0, 0])
 
 
 class ResizeConv3d(nn.Conv3d):
     """``Conv3d(Upsample(x, scale_factor, "nearest"))`` computed at the input's resolution.
 
-    Nearest upsampling repeats each input voxel ``s**3`` times, so the convolution after it reads, for each of the
-    ``s**3`` output phases, a fixed small neighbourhood of input voxels, some taps landing on the same voxel. The
-    forward pass sums those taps (``phase_taps``, ``phase_kernels``) into ``s**3`` low-resolution kernels, runs them as
-    one convolution with ``s**3 · out_channels`` outputs at the input's resolution, and interleaves the phases (a pixel
-    shuffle, Shi et al., CVPR 2016). The result equals upsampling then convolving (to float rounding, tested) without
-    building the upsampled map, and replaces a narrow full-resolution convolution by a wide one, which oneDNN runs
-    several times faster (``benchmarks/resize_conv.py``; ``bundle/docs/performance.md``). Where that does not pay, or
-    is not safe, the call upsamples then convolves (``_phases_pay``).
+    Nearest upsampling repeats each input voxel ``s³`` times, so the convolution after it reads, for each of the
+    ``s³`` output phases, a fixed neighbourhood of input voxels (2×2×2 for ``s = 2`` and 3³ kernels), some taps landing
+    on the same voxel. The forward pass sums those taps (``phase_taps``, ``phase_kernels``) into ``s³`` low-resolution
+    kernels (3³ for the example, zero where a phase reads nothing), runs them as one convolution with ``s³ · C_out``
+    outputs at the input's resolution, and interleaves the phases (a pixel shuffle, Shi et al., CVPR 2016). The result
+    equals upsampling then convolving to float rounding (tested: outputs and gradients, 2D and 3D, borders included),
+    with the same multiply-adds but without the upsampled map and with a wide convolution in place of a narrow
+    full-resolution one, which oneDNN runs several times faster (``benchmarks/resize_conv.py``;
+    ``bundle/docs/performance.md`` §7). ``phase_mode="auto"`` keeps the upsampled path where that does not pay or is
+    not safe (``_use_phases``).
 
     The module is ``nn.Conv3d`` with the same parameters and state-dict names, so weights saved from ``Upsample`` +
     ``Conv3d`` load unchanged and a spectral-norm parametrisation of ``weight`` applies as usual. Stride 1, dilation 1,
     one group, zero padding ``kernel_size // 2``.
 
     Args:
-        args, kwargs: ``nn.Conv3d``'s.
+        args: ``nn.Conv3d``'s positional arguments (``in_channels``, ``out_channels``, ``kernel_size``).
         scale_factor: the nearest upsampling factor (an int, the same on every axis).
+        phase_mode: ``"auto"`` (default), ``"always"`` or ``"never"`` (upsample, then convolve).
+        kwargs: ``nn.Conv3d``'s keyword arguments (``padding`` must be ``kernel_size // 2``).
 
-    Shapes: input ``(B, C_in, D, H, W)``, output ``(B, C_out, s·D, s·H, s·W)``.
+    Shapes: input ``(B, C_in, D, H, W)``, output ``(B, C_out, s·D, s·H, s·W)``, channels-last when the convolution's
+    output is.
 
     Raises:
-        ValueError: a non-cubic or even kernel, or a stride, dilation, groups or padding other than those above.
+        ValueError: unequal or even kernel sizes, or a stride, dilation, groups, padding or ``phase_mode`` other than
+            those above.
     """
 
-    def __init__(self, *args, scale_factor: int = 2, **kwargs) -> None:
+    def __init__(self, *args: Any, scale_factor: int = 2, phase_mode: str = "auto", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _configure(self, scale_factor)
+        _configure(self, scale_factor, phase_mode)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale_factor={self.scale_factor}"
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        s, out_channels = self.scale_factor, weight.shape[0]
-        if not (self.use_phases and _phases_pay(input, weight, self.low_kernel_size)):
+        s = self.scale_factor
+        if not _use_phases(self.phase_mode, input, weight, self.low_kernel_size):
             return F.conv3d(F.interpolate(input, scale_factor=float(s), mode="nearest"), weight, bias, 1, self.padding)
-        kernel = phase_kernels(weight, self.tap_ranges, s)
-        if self.pad_low == self.pad_high:
-            y = F.conv3d(input, kernel, None, 1, self.pad_low)
-        else:
-            y = F.conv3d(F.pad(input, [self.pad_low, self.pad_high] * 3), kernel)
-        b, _, d, h, w = y.shape
-        y = y.reshape(b, s, s, s, out_channels, d, h, w).permute(0, 4, 5, 1, 6, 2, 7, 3)
-        y = y.reshape(b, out_channels, d * s, h * s, w * s)
-        return y if bias is None else y + bias.reshape(1, -1, 1, 1, 1)
+        phase_bias = (
+            None if bias is None else bias.repeat(s * s * s)
+        )  # inside the convolution: its dtype under autocast
+        y = F.conv3d(input, phase_kernels(weight, self.tap_ranges, s), phase_bias, 1, self.phase_padding)
+        return _shuffle3d(y, s)
 
 
 class ResizeConv2d(nn.Conv2d):
     """The 2D ``ResizeConv3d``: ``Conv2d(Upsample(x, scale_factor, "nearest"))`` at the input's resolution.
 
-    Shapes: input ``(B, C_in, H, W)``, output ``(B, C_out, s·H, s·W)``. Raises as ``ResizeConv3d``.
+    Args and Raises as ``ResizeConv3d`` (with ``nn.Conv2d``'s arguments). Shapes: input ``(B, C_in, H, W)``, output
+    ``(B, C_out, s·H, s·W)``.
     """
 
-    def __init__(self, *args, scale_factor: int = 2, **kwargs) -> None:
+    def __init__(self, *args: Any, scale_factor: int = 2, phase_mode: str = "auto", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        _configure(self, scale_factor)
+        _configure(self, scale_factor, phase_mode)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale_factor={self.scale_factor}"
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        s, out_channels = self.scale_factor, weight.shape[0]
-        if not (self.use_phases and _phases_pay(input, weight, self.low_kernel_size)):
+        s = self.scale_factor
+        if not _use_phases(self.phase_mode, input, weight, self.low_kernel_size):
             return F.conv2d(F.interpolate(input, scale_factor=float(s), mode="nearest"), weight, bias, 1, self.padding)
-        kernel = phase_kernels(weight, self.tap_ranges, s)
-        if self.pad_low == self.pad_high:
-            y = F.conv2d(input, kernel, None, 1, self.pad_low)
-        else:
-            y = F.conv2d(F.pad(input, [self.pad_low, self.pad_high] * 2), kernel)
-        b, _, h, w = y.shape
-        y = y.reshape(b, s, s, out_channels, h, w).permute(0, 3, 4, 1, 5, 2)
-        y = y.reshape(b, out_channels, h * s, w * s)
-        return y if bias is None else y + bias.reshape(1, -1, 1, 1)
+        phase_bias = None if bias is None else bias.repeat(s * s)
+        y = F.conv2d(input, phase_kernels(weight, self.tap_ranges, s), phase_bias, 1, self.phase_padding)
+        return _shuffle2d(y, s)
