@@ -158,6 +158,20 @@ def _summary(report: dict, args: argparse.Namespace, seconds: float) -> dict:
         "scgan_gain_over_cgan2d": {
             task: round(_gain(entry["models"], "scgan", "cgan2d"), 4) for task, entry in report["tasks"].items()
         },
+        "scgan_minus_learned_nrmse": {
+            task: {
+                model: {
+                    key: round(value, 5)
+                    for key, value in paired_difference(
+                        entry["models"]["scgan"]["scores"], entry["models"][model]["scores"]
+                    ).items()
+                    if key in ("mean", "ci95_low", "ci95_high", "relative")
+                }
+                for model in COMPARISON_MODELS
+                if model != "scgan"
+            }
+            for task, entry in report["tasks"].items()
+        },
     }
 
 
@@ -261,7 +275,19 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
             f"{'.' if paired['ci95_high'] < 0 else ': SC-GAN does not beat this baseline here.'} Rank of SC-GAN among "
             f"the learned models: {ranked.index('scgan') + 1} of {len(ranked)}.",
             "",
+            "SC-GAN against each other learned model, per test subject (negative = SC-GAN better):",
+            "",
+            "| SC-GAN − | paired ΔNRMSE [95 % interval] | relative |",
+            "|---|---|---|",
         ]
+        for model in COMPARISON_MODELS:
+            if model != "scgan":
+                versus = paired_difference(results["scgan"]["scores"], results[model]["scores"])
+                lines.append(
+                    f"| {MODEL_LABELS[model]} | {versus['mean']:+.4f} [{versus['ci95_low']:+.4f}, "
+                    f"{versus['ci95_high']:+.4f}] | {100 * versus['relative']:+.1f} % |"
+                )
+        lines.append("")
         ablations = [m for m in ABLATION_MODELS if m in results]
         if ablations:
             lines += [f"Ablation ({task.upper()}): change of NRMSE when one part is removed (positive = worse).", ""]

@@ -85,9 +85,11 @@ def _use_phases(mode: str, input: torch.Tensor, weight: torch.Tensor, low_kernel
     """Whether this call takes the phase form (else: upsampling, then the convolution; the same function).
 
     ``"auto"`` takes it unless
-    - the map has fewer voxels per sample than the weight per input channel (``O · k**d``): summing the weights
-      (``s**d`` times their size per call) then costs more than it saves, the crossover that
-      ``benchmarks/resize_conv.py`` measures (per sample, so the path does not change with the batch size);
+    - the map has fewer than twice as many voxels per sample as the weight has per input channel (``O · k**d``):
+      summing the weights (``s**d`` times their size per call) then costs more than the wide convolution saves.
+      ``benchmarks/resize_conv.py`` (bf16, batch 4) measured the phase form slower at 1.2 voxels per weight (the
+      student's 64 -> 16 layer on 8³) and 1.3-1.7x faster at 4.7 (the CPU preset's 128 -> 32 on 16³). Per sample, so
+      the path does not change with the batch size;
     - the map is smaller than the phase kernel on some axis (the 2³ bottleneck of a 64³ patch): there oneDNN's CPU
       bf16 conv3d weight gradient returned wrong values (torch 2.13.0, AVX-512 BF16; ``tests/test_resize_conv.py``),
       and such maps cost nothing either way;
@@ -102,7 +104,7 @@ def _use_phases(mode: str, input: torch.Tensor, weight: torch.Tensor, low_kernel
     voxels = 1
     for size in spatial:
         voxels *= size
-    return min(spatial) >= low_kernel_size and voxels * weight.shape[1] >= weight.numel()
+    return min(spatial) >= low_kernel_size and voxels * weight.shape[1] >= 2 * weight.numel()
 
 
 def _shuffle3d(y: torch.Tensor, scale: int) -> torch.Tensor:
