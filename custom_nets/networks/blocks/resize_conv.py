@@ -110,7 +110,7 @@ def _use_phases(mode: str, input: torch.Tensor, weight: torch.Tensor, low_kernel
 def _shuffle3d(y: torch.Tensor, scale: int) -> torch.Tensor:
     """``(B, s³·O, D, H, W)`` phase-major -> ``(B, O, s·D, s·H, s·W)``, in the memory format ``y`` has."""
     b, channels, d, h, w = y.shape
-    out_channels = channels // (scale * scale * scale)  # not scale**3: an int power is a float in TorchScript
+    out_channels = channels // (scale * scale * scale)
     if out_channels > 1 and y.is_contiguous(memory_format=torch.channels_last_3d):
         # shuffle the physical (B, D, H, W, C) layout: one copy, and the result stays channels-last for the next layer
         y = y.permute(0, 2, 3, 4, 1).reshape(b, d, h, w, scale, scale, scale, out_channels)
@@ -150,13 +150,65 @@ def _configure(conv: nn.Module, scale_factor: int, phase_mode: str) -> None:
     taps, padding = phase_taps(scale_factor, kernel)
     conv.scale_factor, conv.phase_padding, conv.low_kernel_size = scale_factor, padding, 2 * padding + 1
     conv.phase_mode = phase_mode
+    conv.same_padding = kernel // 2
     conv.tap_ranges = []
     for phase_row in taps.reshape(-1, kernel):
         landing = phase_row.nonzero().flatten().tolist()  # contiguous by construction
         conv.tap_ranges.append([landing[0], len(landing)] if landing else [0, 0])
 
 
-class ResizeConv3d(nn.Conv3d):
+def _resize_conv(
+    input: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor],
+    scale: int,
+    mode: str,
+    tap_ranges: List[List[int]],
+    same_padding: int,
+    phase_padding: int,
+    low_kernel_size: int,
+) -> torch.Tensor:
+    """The forward pass of ``ResizeConv2d``/``ResizeConv3d`` (by ``input``'s dimensions)."""
+    three_d = input.dim() == 5
+    if not _use_phases(mode, input, weight, low_kernel_size):
+        upsampled = F.interpolate(input, scale_factor=float(scale), mode="nearest")
+        if three_d:
+            return F.conv3d(upsampled, weight, bias, 1, same_padding)
+        return F.conv2d(upsampled, weight, bias, 1, same_padding)
+    phases = scale * scale * scale if three_d else scale * scale  # not scale**d: an int power is a float in TorchScript
+    phase_bias = None if bias is None else bias.repeat(phases)  # inside the convolution: its dtype under autocast
+    kernel = phase_kernels(weight, tap_ranges, scale)
+    if three_d:
+        return _shuffle3d(F.conv3d(input, kernel, phase_bias, 1, phase_padding), scale)
+    return _shuffle2d(F.conv2d(input, kernel, phase_bias, 1, phase_padding), scale)
+
+
+class _ResizeConvMixin:
+    """The constructor, representation and forward pass ``ResizeConv2d`` and ``ResizeConv3d`` share (with
+    ``nn.Conv2d``/``nn.Conv3d`` after it in their bases, whose ``forward`` calls ``_conv_forward``)."""
+
+    def __init__(self, *args: Any, scale_factor: int = 2, phase_mode: str = "auto", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        _configure(self, scale_factor, phase_mode)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale_factor={self.scale_factor}"
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+        return _resize_conv(
+            input,
+            weight,
+            bias,
+            self.scale_factor,
+            self.phase_mode,
+            self.tap_ranges,
+            self.same_padding,
+            self.phase_padding,
+            self.low_kernel_size,
+        )
+
+
+class ResizeConv3d(_ResizeConvMixin, nn.Conv3d):
     """``Conv3d(Upsample(x, scale_factor, "nearest"))`` computed at the input's resolution.
 
     Nearest upsampling repeats each input voxel ``s³`` times, so the convolution after it reads, for each of the
@@ -188,42 +240,10 @@ class ResizeConv3d(nn.Conv3d):
             those above.
     """
 
-    def __init__(self, *args: Any, scale_factor: int = 2, phase_mode: str = "auto", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _configure(self, scale_factor, phase_mode)
 
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, scale_factor={self.scale_factor}"
-
-    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        s = self.scale_factor
-        if not _use_phases(self.phase_mode, input, weight, self.low_kernel_size):
-            return F.conv3d(F.interpolate(input, scale_factor=float(s), mode="nearest"), weight, bias, 1, self.padding)
-        phase_bias = (
-            None if bias is None else bias.repeat(s * s * s)
-        )  # inside the convolution: its dtype under autocast
-        y = F.conv3d(input, phase_kernels(weight, self.tap_ranges, s), phase_bias, 1, self.phase_padding)
-        return _shuffle3d(y, s)
-
-
-class ResizeConv2d(nn.Conv2d):
+class ResizeConv2d(_ResizeConvMixin, nn.Conv2d):
     """The 2D ``ResizeConv3d``: ``Conv2d(Upsample(x, scale_factor, "nearest"))`` at the input's resolution.
 
     Args and Raises as ``ResizeConv3d`` (with ``nn.Conv2d``'s arguments). Shapes: input ``(B, C_in, H, W)``, output
     ``(B, C_out, s·H, s·W)``.
     """
-
-    def __init__(self, *args: Any, scale_factor: int = 2, phase_mode: str = "auto", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        _configure(self, scale_factor, phase_mode)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, scale_factor={self.scale_factor}"
-
-    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-        s = self.scale_factor
-        if not _use_phases(self.phase_mode, input, weight, self.low_kernel_size):
-            return F.conv2d(F.interpolate(input, scale_factor=float(s), mode="nearest"), weight, bias, 1, self.padding)
-        phase_bias = None if bias is None else bias.repeat(s * s)
-        y = F.conv2d(input, phase_kernels(weight, self.tap_ranges, s), phase_bias, 1, self.phase_padding)
-        return _shuffle2d(y, s)
