@@ -14,9 +14,10 @@ below --naive-max-gb; otherwise the row gives the prediction, marked "extrapolat
     python benchmarks/attention.py --sizes --output-site             # the 1-channel output site, values projected first
 
 With ``--output-site``, the output attention of the CPU preset (1 channel, keys pooled with stride 16) alone and the
-whole CPU-preset generator (per-voxel prior as residual base) are timed forward + backward on 4 × 64³ patches (a
-training step's batch) with the output projection applied after the attention (the paper's order) and to the values
-before it (``project_values_first``, the same outputs), alternating in one process, in the precision training uses.
+whole CPU-preset generator (per-voxel prior as residual base) are timed forward + backward on 4 × 64³ patches in
+three forms with the same outputs: the output projection applied after the attention (the paper's order), to the
+values before it (``project_values_first``), and values first with the output site's shortcuts (projections only on
+the voxels the pool reads, the input as the query); alternating in one process, in the precision training uses.
 
 With ``--quality-minutes M``, SC-GAN with the paper's pooled attention and with local attention at every site
 (``configs/models/local_attention.json``) are trained for M wall-clock minutes each on the paper table's standard
@@ -179,9 +180,11 @@ def main() -> None:
 
 
 def output_site_timing(args: argparse.Namespace) -> dict:
-    """Forward + backward seconds of the output site and of the whole generator, with the output projection after the
-    attention (the paper's order) and on the values first; both orders alternate in this process (median of
-    ``args.repeats`` pairs after a warm-up), so that their ratio is measured under the same load."""
+    """Forward + backward seconds of the output site and of the whole generator in three forms that give the same
+    outputs: the output projection after the attention (the paper's order), on the values first, and values first with
+    the output site's shortcuts (projections only on the voxels the pool reads, the input as the query: see
+    ``SelfAttention3d``). The forms alternate in this process (median of ``args.repeats`` rounds after a warm-up), so
+    that their ratios are measured under the same load."""
     import statistics
 
     import torch
@@ -199,14 +202,19 @@ def output_site_timing(args: argparse.Namespace) -> dict:
             if isinstance(module, SelfAttention3d):
                 module.sigma.fill_(0.5)
     cases = {"output site (1 channel, 4 × 64³)": (block, 1), "CPU-preset generator (4 × 64³)": (generator, 3)}
+    # form: (project_values_first, shortcuts)
+    forms = {"paper_order": (False, False), "values_first": (True, False), "shortcuts": (True, True)}
     results = {}
     for name, (network, channels) in cases.items():
         x = torch.rand(4, channels, 64, 64, 64, requires_grad=True)
         sites = [m for m in network.modules() if isinstance(m, SelfAttention3d) and m.project_values_first]
+        shortcuts = {site: (site.skips_voxels, site.input_as_query) for site in sites}
 
-        def step(first: bool) -> float:
+        def step(form: str) -> float:
+            first, fast = forms[form]
             for site in sites:
                 site.project_values_first = first
+                site.skips_voxels, site.input_as_query = shortcuts[site] if fast else (False, False)
             start = time.perf_counter()
             with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
                 out = network(x)
@@ -214,15 +222,23 @@ def output_site_timing(args: argparse.Namespace) -> dict:
             network.zero_grad()
             return time.perf_counter() - start
 
-        step(False), step(True)  # warm-up
-        pairs = [(step(False), step(True)) for _ in range(max(args.repeats, 3))]
-        paper_order, values_first = (statistics.median(p[i] for p in pairs) for i in (0, 1))
-        results[name] = {"paper_order_s": paper_order, "values_first_s": values_first}
-        results[name]["speedup"] = paper_order / values_first
-    print("\n| forward + backward | W_o after the attention (paper) s | W_o on the values first s | speed-up |")
-    print("|---|---|---|---|")
+        for form in forms:  # warm-up
+            step(form)
+        rounds = [{form: step(form) for form in forms} for _ in range(max(args.repeats, 3))]
+        row = {f"{form}_s": statistics.median(r[form] for r in rounds) for form in forms}
+        row["values_first_speedup"] = row["paper_order_s"] / row["values_first_s"]
+        row["shortcuts_speedup"] = row["values_first_s"] / row["shortcuts_s"]
+        results[name] = row
+    print(
+        "\n| forward + backward | W_o after the attention (paper) s | W_o on the values first s | values first + "
+        "shortcuts s | values first / paper | shortcuts / values first |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, r in results.items():
-        print(f"| {name} | {r['paper_order_s']:.3f} | {r['values_first_s']:.3f} | {r['speedup']:.2f}× |")
+        print(
+            f"| {name} | {r['paper_order_s']:.3f} | {r['values_first_s']:.3f} | {r['shortcuts_s']:.3f} | "
+            f"{r['values_first_speedup']:.2f}× | {r['shortcuts_speedup']:.2f}× |"
+        )
     return {"autocast": str(dtype), "rows": results}
 
 

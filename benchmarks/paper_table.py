@@ -3,10 +3,10 @@
 
 For PET, FA and MD, trains the 3D U-Net, 2D cGAN, 3D cGAN, attention cGAN and SC-GAN (and SC-GAN's ablations) with
 the same budget (wall-clock minutes on this machine in the standard mode, iterations in the others; the same patches,
-seed and schedule; final weights, no model selection), synthesises the held-out test subjects with the bundle's
-inference workflow, scores them inside the brain mask next to the oracle (the noise-free target), the population
-mean, an intensity lookup table and a cubic polynomial fitted on the training subjects, and writes
-``bundle/docs/results.md`` and one figure per task.
+seed and schedule; final weights, no model selection unless ``--model-selection``), synthesises the held-out test
+subjects with the bundle's inference workflow, scores them inside the brain mask next to the oracle (the noise-free
+target), the population mean, an intensity lookup table and a cubic polynomial fitted on the training subjects, and
+writes ``bundle/docs/results.md`` and one figure per task.
 
     python benchmarks/paper_table.py --mode standard  # 40 subjects (12 test), 2.5 min per model, ~75 min on 2 cores
     python benchmarks/paper_table.py                  # quick mode: 20 subjects, 48 iterations of 32³, smoke scale
@@ -75,6 +75,11 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ablations", action="store_true", help="the comparison models only")
     parser.add_argument(
+        "--model-selection",
+        action="store_true",
+        help="select each model's checkpoint on the validation subjects, as the bundle's default command does",
+    )
+    parser.add_argument(
         "--override", action="append", default=[], metavar="ID=JSON", help="a config id set for every model's run"
     )
     args = parser.parse_args(argv)
@@ -109,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     shared = "".join(
         re.sub(r"[^A-Za-z0-9.-]+", "-", f"_{key.replace('#', '.')}-{value}") for key, value in args.overrides.items()
     )
-    out = Path(args.out).absolute() / f"{args.mode}_{size}_seed{settings['seed']}{shared}"
+    selected = "_selected" if args.model_selection else ""
+    out = Path(args.out).absolute() / f"{args.mode}_{size}_seed{settings['seed']}{selected}{shared}"
     docs = Path(args.docs).absolute()
 
     start = time.perf_counter()
@@ -117,7 +123,17 @@ def main(argv: list[str] | None = None) -> int:
     for task in args.tasks:
         ablations = task in mode["ablation_tasks"] and not args.no_ablations
         models = list(COMPARISON_MODELS) + (list(ABLATION_MODELS) if ablations else [])
-        entry = compare(BUNDLE, task, datalist, out / task, settings, models, oracle=True, overrides=args.overrides)
+        entry = compare(
+            BUNDLE,
+            task,
+            datalist,
+            out / task,
+            settings,
+            models,
+            oracle=True,
+            overrides=args.overrides,
+            model_selection=args.model_selection,
+        )
         rows = entry["rows"]
         shown = {"intensity_lookup": "lookup table", **{m: MODEL_LABELS[m].split(" (")[0] for m in COMPARISON_MODELS}}
         entry["figure"] = comparison_figure(
@@ -150,6 +166,7 @@ def _summary(report: dict, args: argparse.Namespace, seconds: float) -> dict:
         "iterations": settings["iterations"],
         "minutes_per_model": settings["minutes"],
         "seed": settings["seed"],
+        "model_selection": args.model_selection,
         "minutes": round(seconds / 60, 2),
         "nrmse": {
             task: {name: round(row["scores"]["summary"]["nrmse"]["mean"], 5) for name, row in entry["rows"].items()}
@@ -197,6 +214,8 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         command += " --tasks " + " ".join(args.tasks)
     if args.no_ablations:
         command += " --no-ablations"
+    if args.model_selection:
+        command += " --model-selection"
     command += "".join(f" --override {item}" for item in args.override)
     if settings["minutes"] > 0:
         iterations = {
@@ -223,7 +242,13 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         "",
         f"- Data: synthetic subjects (`python -m custom_nets.datasets.phantom`, seed {args.seed}): "
         f"{len(content['training'])} training subjects, {len(content['test'])} held-out test subjects, 2 mm MNI grid. "
-        "Validation subjects are not used: every model is scored with its final weights.",
+        + (
+            f"Each model's checkpoint is selected on the {len(content['validation'])} validation subjects as the "
+            "bundle's default command does (validation every `epoch_length` iterations, the best brain-masked "
+            "validation score kept; validation time counts against the budget)."
+            if args.model_selection
+            else "Validation subjects are not used: every model is scored with its final weights."
+        ),
         f"- Equal budget for every learned model: {budget}; Adam with the cosine schedule over the budget, the loss "
         "weights and precision of `train.json`, "
         + (

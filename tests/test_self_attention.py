@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from parameterized import parameterized
@@ -193,3 +195,91 @@ def test_local_attention_scripts_and_matches_eager(shift):
     x = torch.randn(1, 8, 6, 8, 5)
     with torch.no_grad():
         assert torch.allclose(scripted(x), block(x), atol=1e-6)
+
+
+# [spatial_dims, channels, spatial shape, pool_size, pool_stride]: the output site's shortcuts (voxels the pool reads,
+# the input as the query), odd sizes whose last window ends before the border, 1-3 channels, 2D and 3D
+SHORTCUT_CASES = [
+    [3, 1, (32, 32, 32), 2, 16],
+    [3, 1, (37, 21, 19), 2, 8],
+    [3, 2, (20, 17, 23), 3, 5],
+    [3, 3, (16, 16, 16), 2, 4],
+    [2, 1, (40, 27), 2, 8],
+]
+
+
+def _plain(block: SelfAttention3d) -> SelfAttention3d:
+    plain = copy.deepcopy(block)
+    plain.skips_voxels = plain.input_as_query = False
+    return plain
+
+
+@parameterized.expand(SHORTCUT_CASES)
+def test_output_site_shortcuts_match_the_plain_path(spatial_dims, channels, shape, pool_size, pool_stride):
+    """Outputs and every gradient (input, σ, the four projections' weights and spectral-norm originals) equal the
+    plain path's; the spectral-norm power iteration advances the same in both."""
+    torch.manual_seed(0)
+    block = SelfAttention3d(spatial_dims, channels, pool_size, pool_stride).train()
+    with torch.no_grad():
+        block.sigma.fill_(0.7)
+    assert block.skips_voxels and block.input_as_query == (channels < 4)
+    plain = _plain(block)
+    x = torch.randn(2, channels, *shape)
+    weights = torch.randn(2, channels, *shape)
+    results = []
+    for module in (block, plain):
+        inputs = x.clone().requires_grad_()
+        (module(inputs) * weights).sum().backward()
+        grads = {name: p.grad for name, p in module.named_parameters()}
+        results.append((module(inputs.detach()), inputs.grad, grads, dict(module.named_buffers())))
+    (out, x_grad, grads, buffers), (plain_out, plain_x_grad, plain_grads, plain_buffers) = results
+    torch.testing.assert_close(out, plain_out, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(x_grad, plain_x_grad, rtol=1e-4, atol=1e-6)
+    assert grads.keys() == plain_grads.keys() and len(grads) >= 5
+    for name in grads:  # sums over every voxel: compared as vectors (float rounding of single small entries)
+        difference = torch.linalg.vector_norm(grads[name] - plain_grads[name])
+        assert difference <= 1e-5 * torch.linalg.vector_norm(plain_grads[name]) + 1e-7, name
+    for name in buffers:  # the spectral norms' u, v
+        torch.testing.assert_close(buffers[name], plain_buffers[name], msg=lambda m: f"{name}: {m}")
+
+
+def test_voxels_read_pool_to_the_max_pool():
+    block = SelfAttention3d(3, 1, pool_size=3, pool_stride=7)
+    x = torch.randn(2, 1, 30, 22, 17)
+    torch.testing.assert_close(block.read_pool(block.pool_voxels_read(x)), block.pool(x), rtol=0, atol=0)
+
+
+def test_narrow_query_chunks_match_one_chunk():
+    torch.manual_seed(0)
+    block = _with_open_gate(SelfAttention3d(3, 1, 2, 8))
+    x = torch.randn(2, 1, 32, 24, 16)
+    with torch.no_grad():
+        whole = block(x)
+        block.score_chunk_elements = 1000  # 125 queries a chunk (2 × 4 keys each), a ragged last one
+        torch.testing.assert_close(block(x), whole, rtol=1e-6, atol=1e-7)
+
+
+def test_output_site_shortcuts_under_bf16_autocast():
+    torch.manual_seed(0)
+    block = _with_open_gate(SelfAttention3d(3, 1, 2, 16))
+    x = torch.rand(2, 1, 32, 32, 32)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, plain = block(x), _plain(block)(x)
+    assert fast.dtype == plain.dtype
+    torch.testing.assert_close(fast.float(), plain.float(), rtol=0, atol=2e-2)
+
+
+def test_output_site_traces_the_plain_path():
+    """A trace records one size; it takes the plain operators, valid at every later size."""
+    block = _with_open_gate(SelfAttention3d(3, 1, 2, 8))
+    traced = torch.jit.trace(block, torch.randn(1, 1, 16, 16, 16))
+    x = torch.randn(2, 1, 40, 24, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(traced(x), block(x), rtol=1e-5, atol=1e-6)
+
+
+def test_output_site_scripts():
+    block = _with_open_gate(SelfAttention3d(3, 1, 2, 8, spectral_norm=False))
+    x = torch.randn(1, 1, 24, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.jit.script(block)(x), block(x))

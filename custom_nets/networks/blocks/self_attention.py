@@ -18,6 +18,8 @@ from custom_nets.networks.layers import make_conv
 __all__ = ["SelfAttention3d"]
 
 ATTENTION_IMPLEMENTATIONS = ("fused", "naive")
+# scores per chunk of the explicit narrow-query path: 2**24 (32 MiB in bf16) keeps inference on whole volumes small
+SCORE_CHUNK_ELEMENTS = 2**24
 
 
 class SelfAttention3d(nn.Module):
@@ -42,6 +44,18 @@ class SelfAttention3d(nn.Module):
     equal widths for q, k and v: there q and k are zero-padded to v's width (``q kᵀ`` is unchanged), otherwise PyTorch
     would silently fall back to the N×M math path. On CUDA the memory-efficient kernel accepts the unequal widths. The
     ``"naive"`` implementation materialises the matrix and is kept as the reference for tests.
+
+    Two exact shortcuts serve the output site (``C`` = 1, keys pooled with a stride far above the kernel), where the
+    block otherwise costs about a third of the CPU preset's training step:
+
+    - φ and g are evaluated only on the voxels the max-pool reads (a pointwise projection commutes with taking voxels):
+      with kernel 2 and stride 16 that is 1/512 of them.
+    - On CPU, where ``C`` is narrower than ``q`` (``C`` < 4), ``q_n · k_m = x_n · (W_θᵀ k_m)`` (θ has no bias): the
+      queries are the input itself and the keys are mapped back through ``W_θ``, so no full-resolution query map is
+      built, and the C-wide scores run as batched matrix products in query chunks (PyTorch's CPU flash kernel is
+      slower at widths under 4). ``benchmarks/attention.py --output-site`` times both forms.
+
+    Neither is used under ``torch.jit.trace`` (a trace records one input size).
 
     Local attention (``window_size = w > 0``): instead of the pooled global key set, each query attends to the ``w**d``
     voxels of its non-overlapping window (keys and values not pooled), as in the windowed attention of Swin
@@ -126,6 +140,12 @@ class SelfAttention3d(nn.Module):
             if self.pool_size == 1 and self.pool_stride == 1
             else Pool[Pool.MAX, spatial_dims](kernel_size=self.pool_size, stride=self.pool_stride)
         )
+        # the max-pool over the voxels it reads, gathered window after window (pool_voxels_read)
+        self.read_pool = Pool[Pool.MAX, spatial_dims](kernel_size=self.pool_size, stride=self.pool_size)
+        self.skips_voxels = self.pool_stride > self.pool_size
+        # q kᵀ = x (W_θᵀ k) where the input is narrower than the queries and θ has no bias
+        self.input_as_query = window_size == 0 and in_channels < self.qk_channels and self.theta.bias is None
+        self.score_chunk_elements = SCORE_CHUNK_ELEMENTS
         self.sigma = nn.Parameter(torch.zeros(()))
         for conv in (self.theta, self.phi, self.g, self.out_proj):
             weight = conv.parametrizations.weight.original if hasattr(conv, "parametrizations") else conv.weight
@@ -161,6 +181,31 @@ class SelfAttention3d(nn.Module):
         )
         return out.squeeze(1)[..., :value_width]
 
+    def attend_in_chunks(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+        """``softmax(q kᵀ) v`` with the score matrix built for a chunk of queries at a time (at most
+        ``score_chunk_elements`` scores, without autograd), for narrow queries and few keys; shapes as in
+        :meth:`attend`."""
+        batch, queries, keys = query.shape[0], query.shape[1], key.shape[1]
+        # under autograd every chunk's softmax is kept anyway: one chunk spares the concatenation
+        chunk = queries if torch.is_grad_enabled() else max(1, self.score_chunk_elements // max(1, batch * keys))
+        key_t = key.transpose(1, 2)
+        outputs: List[torch.Tensor] = []
+        for start in range(0, queries, chunk):
+            scores = torch.bmm(query[:, start : start + chunk], key_t)
+            outputs.append(torch.bmm(torch.softmax(scores, dim=-1), value))
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+
+    def pool_voxels_read(self, x: torch.Tensor) -> torch.Tensor:
+        """The voxels of ``x (B, C, *spatial)`` that ``self.pool`` reads, window after window: per axis the
+        ``pool_size`` voxels from each multiple of ``pool_stride`` (``read_pool`` then gives ``self.pool``'s output)."""
+        read = x
+        for axis in range(2, x.dim()):
+            windows = (x.shape[axis] - self.pool_size) // self.pool_stride + 1
+            starts = torch.arange(windows, device=x.device) * self.pool_stride
+            index = (starts[:, None] + torch.arange(self.pool_size, device=x.device)[None, :]).flatten()
+            read = read.index_select(axis, index)
+        return read
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         spatial = x.shape[2:]
         if not torch.jit.is_tracing() and (len(spatial) != self.spatial_dims or min(spatial) < self.pool_size):
@@ -174,16 +219,25 @@ class SelfAttention3d(nn.Module):
                 values = self.out_proj(values)
             out = self.local_attention(self.theta(x), self.phi(x), values)
         else:
-            values = self.pool(self.g(x))
+            tracing = torch.jit.is_tracing()
+            read_only = self.skips_voxels and not tracing
+            read = self.pool_voxels_read(x) if read_only else x
+            values = self.read_pool(self.g(read)) if read_only else self.pool(self.g(read))
             if self.project_values_first:
                 values = self.out_proj(values)  # on the M pooled voxels
             # "b c *s -> b (*s) c" for queries, pooled keys and values
-            query = self.theta(x).flatten(2).transpose(1, 2)
-            key = self.pool(self.phi(x)).flatten(2).transpose(1, 2)
-            out = self.attend(query, key, values.flatten(2).transpose(1, 2))
+            key = self.read_pool(self.phi(read)) if read_only else self.pool(self.phi(read))
+            key = key.flatten(2).transpose(1, 2)
+            values = values.flatten(2).transpose(1, 2)
+            if self.input_as_query and x.device.type == "cpu" and not tracing:
+                theta_weight = self.theta.weight.flatten(1)  # (Dqk, C), spectrally normalised when it is
+                key = torch.matmul(key, theta_weight.to(key.dtype))
+                out = self.attend_in_chunks(x.flatten(2).transpose(1, 2), key, values)
+            else:
+                out = self.attend(self.theta(x).flatten(2).transpose(1, 2), key, values)
             # "b (*s) c -> b c *s"
             out_shape = list(x.shape)
-            out_shape[1] = values.shape[1]
+            out_shape[1] = values.shape[2]
             out = out.transpose(1, 2).reshape(out_shape)
         if not self.project_values_first:
             out = self.out_proj(out)
