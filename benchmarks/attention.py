@@ -11,13 +11,14 @@ below --naive-max-gb; otherwise the row gives the prediction, marked "extrapolat
     python benchmarks/attention.py                                   # 16³ ... 40³ tokens; C = 64 and 128
     python benchmarks/attention.py --sizes 16 24 32 48 64 --channels 64   # local attention up to 64³ tokens
     python benchmarks/attention.py --sizes --quality-minutes 2.5    # SC-GAN pooled vs local attention, PET
-    python benchmarks/attention.py --sizes --output-site             # the 1-channel output site, values projected first
+    python benchmarks/attention.py --sizes --output-site             # the 1-channel output site in its three forms
 
 With ``--output-site``, the output attention of the CPU preset (1 channel, keys pooled with stride 16) alone and the
-whole CPU-preset generator (per-voxel prior as residual base) are timed forward + backward on 4 × 64³ patches in
-three forms with the same outputs: the output projection applied after the attention (the paper's order), to the
-values before it (``project_values_first``), and values first with the output site's shortcuts (projections only on
-the voxels the pool reads, the input as the query); alternating in one process, in the precision training uses.
+whole CPU-preset generator (per-voxel prior as residual base) are timed forward + backward on 4 × 64³ patches, and
+the bundle's whole SC-GAN training iteration (G and D, 2 × 64³ channels-last patches), in three forms with the same
+outputs: the output projection applied after the attention (the paper's order), to the values before it
+(``project_values_first``), and values first with the output site's shortcuts (projections only on the voxels the
+pool reads, the input as the query); alternating in one process, in the precision training uses.
 
 With ``--quality-minutes M``, SC-GAN with the paper's pooled attention and with local attention at every site
 (``configs/models/local_attention.json``) are trained for M wall-clock minutes each on the paper table's standard
@@ -204,8 +205,12 @@ def output_site_timing(args: argparse.Namespace) -> dict:
     cases = {"output site (1 channel, 4 × 64³)": (block, 1), "CPU-preset generator (4 × 64³)": (generator, 3)}
     # form: (project_values_first, shortcuts)
     forms = {"paper_order": (False, False), "values_first": (True, False), "shortcuts": (True, True)}
+    gan_step = "SC-GAN training step (G + D, 2 × 64³, channels-last)"
     results = {}
-    for name, (network, channels) in cases.items():
+    for name, (network, channels) in [*cases.items(), (gan_step, (None, 3))]:
+        if network is None:  # the bundle's whole iteration: train.json's batch (1 subject × 2 patches) and defaults
+            trainer, batch = _scgan_trainer(torch, seed=args.seed)
+            network = trainer.g_network
         x = torch.rand(4, channels, 64, 64, 64, requires_grad=True)
         sites = [m for m in network.modules() if isinstance(m, SelfAttention3d) and m.project_values_first]
         shortcuts = {site: (site.skips_voxels, site.input_as_query) for site in sites}
@@ -216,6 +221,9 @@ def output_site_timing(args: argparse.Namespace) -> dict:
                 site.project_values_first = first
                 site.skips_voxels, site.input_as_query = shortcuts[site] if fast else (False, False)
             start = time.perf_counter()
+            if name == gan_step:
+                trainer._iteration(trainer, batch)
+                return time.perf_counter() - start
             with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
                 out = network(x)
             out.float().mean().backward()
@@ -240,6 +248,39 @@ def output_site_timing(args: argparse.Namespace) -> dict:
             f"{r['values_first_speedup']:.2f}× | {r['shortcuts_speedup']:.2f}× |"
         )
     return {"autocast": str(dtype), "rows": results}
+
+
+def _scgan_trainer(torch, seed: int):
+    """The bundle's SC-GAN iteration on random data: CPU presets with the per-voxel prior as residual base, adversarial
+    + feature matching + L1 + brain RMSE with ``train.json``'s weights, Adam, its precision and channels-last."""
+    from custom_nets import SelfAttention3d, build_discriminator, build_generator
+    from custom_nets.trainer import ConditionalGanTrainer
+
+    torch.manual_seed(seed)
+    generator = build_generator("cpu", in_channels=3, out_channels=1, out_act="relu", residual_channel=2)
+    discriminator = build_discriminator("cpu", in_channels=4)
+    with torch.no_grad():
+        for module in generator.modules():
+            if isinstance(module, SelfAttention3d):
+                module.sigma.fill_(0.5)
+    shape = (2, 64, 64, 64)
+    batch = {"image": torch.rand(shape[0], 3, *shape[1:]), "label": torch.rand(shape[0], 1, *shape[1:])}
+    batch["mask"] = torch.ones_like(batch["label"])
+    trainer = ConditionalGanTrainer(
+        torch.device("cpu"),
+        1,
+        [batch],
+        generator,
+        torch.optim.Adam(generator.parameters(), 1e-3, betas=(0.5, 0.999)),
+        discriminator,
+        torch.optim.Adam(discriminator.parameters(), 1e-3, betas=(0.5, 0.999)),
+        lambda_fm=20.0,
+        lambda_l1=200.0,
+        lambda_rmse=200.0,
+        amp=True,
+        channels_last=True,
+    )
+    return trainer, batch
 
 
 def quality_runs(args: argparse.Namespace) -> dict:
