@@ -238,7 +238,7 @@ def test_output_site_shortcuts_match_the_plain_path(spatial_dims, channels, shap
     assert grads.keys() == plain_grads.keys() and len(grads) >= 5
     for name in grads:  # sums over every voxel: compared as vectors (float rounding of single small entries)
         difference = torch.linalg.vector_norm(grads[name] - plain_grads[name])
-        assert difference <= 1e-5 * torch.linalg.vector_norm(plain_grads[name]) + 1e-7, name
+        assert difference <= 1e-4 * torch.linalg.vector_norm(plain_grads[name]) + 1e-7, name
     for name in buffers:  # the spectral norms' u, v
         torch.testing.assert_close(buffers[name], plain_buffers[name], msg=lambda m: f"{name}: {m}")
 
@@ -255,7 +255,7 @@ def test_narrow_query_chunks_match_one_chunk():
     x = torch.randn(2, 1, 32, 24, 16)
     with torch.no_grad():
         whole = block(x)
-        block.score_chunk_elements = 1000  # 125 queries a chunk (2 × 4 keys each), a ragged last one
+        block.score_chunk_elements = 1000  # 20 queries a chunk (2 × 24 keys each), a ragged last one
         torch.testing.assert_close(block(x), whole, rtol=1e-6, atol=1e-7)
 
 
@@ -283,3 +283,43 @@ def test_output_site_scripts():
     x = torch.randn(1, 1, 24, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(torch.jit.script(block)(x), block(x))
+
+
+def _record_paths(block: SelfAttention3d) -> dict:
+    """Count the calls of θ's forward (the plain query), ``pool_voxels_read`` and ``attend_in_chunks``."""
+    calls = {"theta": 0, "pool_voxels_read": 0, "attend_in_chunks": 0}
+
+    def counted(name, method):
+        def wrapper(*args):
+            calls[name] += 1
+            return method(*args)
+
+        return wrapper
+
+    block.theta.register_forward_hook(lambda *_: calls.__setitem__("theta", calls["theta"] + 1))
+    for name in ("pool_voxels_read", "attend_in_chunks"):
+        setattr(block, name, counted(name, getattr(block, name)))
+    return calls
+
+
+@parameterized.expand([[True], [False]])
+def test_output_site_takes_the_shortcuts(grad):
+    block = _with_open_gate(SelfAttention3d(3, 1, 2, 8)).train(grad)
+    calls = _record_paths(block)
+    with torch.set_grad_enabled(grad):
+        block(torch.randn(2, 1, 32, 32, 32, requires_grad=grad))
+    assert calls == {"theta": 0, "pool_voxels_read": 1, "attend_in_chunks": 1}
+
+
+def test_large_score_matrices_under_autograd_take_the_fused_core():
+    """Under autograd the explicit path keeps B·N·M scores and their softmax: beyond ``grad_score_elements`` the fused
+    core (O(N + M) memory) runs instead; without autograd the explicit path is chunked and always taken."""
+    block = _with_open_gate(SelfAttention3d(3, 1, 2, 2))  # stride = kernel: M = N / 8
+    block.grad_score_elements = 2 * 16**3 * 512 - 1  # just below this input's B·N·M
+    calls = _record_paths(block)
+    x = torch.randn(2, 1, 16, 16, 16, requires_grad=True)
+    out = block(x)
+    assert calls == {"theta": 1, "pool_voxels_read": 0, "attend_in_chunks": 0}
+    with torch.no_grad():
+        torch.testing.assert_close(block(x), out.detach(), rtol=1e-5, atol=1e-6)
+    assert calls["attend_in_chunks"] == 1

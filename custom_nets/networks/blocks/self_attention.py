@@ -20,6 +20,8 @@ __all__ = ["SelfAttention3d"]
 ATTENTION_IMPLEMENTATIONS = ("fused", "naive")
 # scores per chunk of the explicit narrow-query path: 2**24 (32 MiB in bf16) keeps inference on whole volumes small
 SCORE_CHUNK_ELEMENTS = 2**24
+# most scores (B·N·M) the explicit path keeps for backward, with their softmax: 2**26 is 128 MiB each in bf16
+GRAD_SCORE_ELEMENTS = 2**26
 
 
 class SelfAttention3d(nn.Module):
@@ -36,8 +38,8 @@ class SelfAttention3d(nn.Module):
 
     All four projections are 1×1(×1) convolutions, spectrally normalised by default. Where ``W_o`` narrows (``C`` = 1,
     the output site: 16 -> 1), ``softmax(q kᵀ)(W_o v)`` is computed instead, the same value because the bias-free
-    ``W_o`` commutes with the attention's weighted sum, without a 16-channel map at full resolution. Despite its name
-    the block works for ``spatial_dims`` 2 and 3.
+    ``W_o`` commutes with the attention's weighted sum, without a 16-channel attention output at full resolution.
+    Despite its name the block works for ``spatial_dims`` 2 and 3.
 
     The core runs through :func:`torch.nn.functional.scaled_dot_product_attention` on contiguous tensors, so that a
     fused kernel keeps memory O(N + M) instead of materialising the N×M score matrix. PyTorch's CPU flash kernel needs
@@ -45,15 +47,18 @@ class SelfAttention3d(nn.Module):
     would silently fall back to the N×M math path. On CUDA the memory-efficient kernel accepts the unequal widths. The
     ``"naive"`` implementation materialises the matrix and is kept as the reference for tests.
 
-    Two exact shortcuts serve the output site (``C`` = 1, keys pooled with a stride far above the kernel), where the
-    block otherwise costs about a third of the CPU preset's training step:
+    Two exact shortcuts serve the output site (``C`` = 1, keys pooled with a stride far above the kernel), which
+    otherwise took 0.63 of the CPU preset generator's 1.44 s forward + backward on 4 × 64³ patches:
 
-    - φ and g are evaluated only on the voxels the max-pool reads (a pointwise projection commutes with taking voxels):
-      with kernel 2 and stride 16 that is 1/512 of them.
-    - On CPU, where ``C`` is narrower than ``q`` (``C`` < 4), ``q_n · k_m = x_n · (W_θᵀ k_m)`` (θ has no bias): the
-      queries are the input itself and the keys are mapped back through ``W_θ``, so no full-resolution query map is
-      built, and the C-wide scores run as batched matrix products in query chunks (PyTorch's CPU flash kernel is
-      slower at widths under 4). ``benchmarks/attention.py --output-site`` times both forms.
+    - Wherever ``pool_stride > pool_size``, φ and g are evaluated only on the voxels the max-pool reads (a pointwise
+      projection commutes with taking voxels): with kernel 2 and stride 16 that is 1/512 of them.
+    - On CPU, where the input is narrower than the queries (``C`` < 4) and θ has no bias,
+      ``q_n · k_m = x_n · (W_θᵀ k_m)``: the input itself is the query and the keys are mapped back through ``W_θ``, so
+      no full-resolution query map is built, and the N×M scores are explicit batched matrix products (PyTorch's CPU
+      flash kernel is slower at query widths under 4), whatever ``implementation`` says. Without autograd they are
+      built ``score_chunk_elements`` (2²⁴) at a time; under autograd the scores and their softmax are kept for the
+      backward pass, so the path is taken only up to ``grad_score_elements`` (2²⁶, B·N·M) and the fused core above
+      (O(N + M) memory) serves larger cases. ``benchmarks/attention.py --output-site`` times the forms.
 
     Neither is used under ``torch.jit.trace`` (a trace records one input size).
 
@@ -146,6 +151,7 @@ class SelfAttention3d(nn.Module):
         # q kᵀ = x (W_θᵀ k) where the input is narrower than the queries and θ has no bias
         self.input_as_query = window_size == 0 and in_channels < self.qk_channels and self.theta.bias is None
         self.score_chunk_elements = SCORE_CHUNK_ELEMENTS
+        self.grad_score_elements = GRAD_SCORE_ELEMENTS
         self.sigma = nn.Parameter(torch.zeros(()))
         for conv in (self.theta, self.phi, self.g, self.out_proj):
             weight = conv.parametrizations.weight.original if hasattr(conv, "parametrizations") else conv.weight
@@ -195,6 +201,13 @@ class SelfAttention3d(nn.Module):
             outputs.append(torch.bmm(torch.softmax(scores, dim=-1), value))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
+    def explicit_scores_fit(self, x: torch.Tensor, key: torch.Tensor) -> bool:
+        """Whether the explicit N×M scores of ``attend_in_chunks`` stay within ``grad_score_elements`` when autograd
+        keeps them (without autograd they are chunked, so always)."""
+        if not torch.is_grad_enabled():
+            return True
+        return x.shape[0] * x[0, 0].numel() * key.shape[1] <= self.grad_score_elements
+
     def pool_voxels_read(self, x: torch.Tensor) -> torch.Tensor:
         """The voxels of ``x (B, C, *spatial)`` that ``self.pool`` reads, window after window: per axis the
         ``pool_size`` voxels from each multiple of ``pool_stride`` (``read_pool`` then gives ``self.pool``'s output)."""
@@ -229,7 +242,7 @@ class SelfAttention3d(nn.Module):
             key = self.read_pool(self.phi(read)) if read_only else self.pool(self.phi(read))
             key = key.flatten(2).transpose(1, 2)
             values = values.flatten(2).transpose(1, 2)
-            if self.input_as_query and x.device.type == "cpu" and not tracing:
+            if self.input_as_query and x.device.type == "cpu" and not tracing and self.explicit_scores_fit(x, key):
                 theta_weight = self.theta.weight.flatten(1)  # (Dqk, C), spectrally normalised when it is
                 key = torch.matmul(key, theta_weight.to(key.dtype))
                 out = self.attend_in_chunks(x.flatten(2).transpose(1, 2), key, values)
