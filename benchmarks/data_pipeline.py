@@ -1,7 +1,7 @@
 # Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
 """Time the default training workflow spends waiting for data, as a share of its step time.
 
-Runs ``train.json`` + ``tasks/pet.json`` (default 64³ patches, 2 subjects × 2 patches per step, CacheDataset) on
+Runs ``train.json`` + ``tasks/pet.json`` (its 64³ patches, 1 subject × 2 patches per step, CacheDataset) on
 the default synthetic subjects for one epoch and times, with ignite events, each wait for a batch
 (GET_BATCH_STARTED → GET_BATCH_COMPLETED) against each whole iteration, for 0 and 1 data-loader workers (PyTorch
 limits each worker to one thread).

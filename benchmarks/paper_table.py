@@ -192,6 +192,15 @@ def _summary(report: dict, args: argparse.Namespace, seconds: float) -> dict:
     }
 
 
+def _train_json_batch() -> str:
+    """'64³, 1 subject × 2 patches': train.json's patch and batch, the equal-wall-clock runs' own."""
+    train = json.loads((BUNDLE / "configs" / "train.json").read_text(encoding="utf-8"))
+    size = train["patch_size"]
+    patch = f"{size[0]}³" if len(set(size)) == 1 else "×".join(map(str, size))
+    subjects = train["batch_size"]
+    return f"{patch}, {subjects} subject{'s' if subjects > 1 else ''} × {train['num_samples']} patches"
+
+
 def _relative(gain: float) -> str:
     """'12.3 % lower' for a relative reduction of 0.123, '4.0 % higher' for -0.04."""
     return f"{100 * abs(gain):.1f} % {'lower' if gain > 0 else 'higher'}"
@@ -225,7 +234,7 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         budget = (
             f"{settings['minutes']:g} min of training on this machine each (equal wall clock; iterations reached on "
             f"{next(iter(report['tasks'])).upper()}: " + ", ".join(f"{k} {v}" for k, v in iterations.items()) + "), "
-            "`train.json`'s patches and batches (64³, 2 subjects × 2 patches)"
+            f"`train.json`'s patches and batches ({_train_json_batch()})"
         )
     else:
         budget = (
