@@ -11,14 +11,16 @@ below --naive-max-gb; otherwise the row gives the prediction, marked "extrapolat
     python benchmarks/attention.py                                   # 16³ ... 40³ tokens; C = 64 and 128
     python benchmarks/attention.py --sizes 16 24 32 48 64 --channels 64   # local attention up to 64³ tokens
     python benchmarks/attention.py --sizes --quality-minutes 2.5    # SC-GAN pooled vs local attention, PET
-    python benchmarks/attention.py --sizes --output-site             # the 1-channel output site in its three forms
+    python benchmarks/attention.py --sizes --output-site             # the 1-channel output site in its four forms
 
 With ``--output-site``, the output attention of the CPU preset (1 channel, keys pooled with stride 16) alone and the
 whole CPU-preset generator (per-voxel prior as residual base) are timed forward + backward on 4 × 64³ patches, and
-the bundle's whole SC-GAN training iteration (G and D, 2 × 64³ channels-last patches), in three forms with the same
+the bundle's whole SC-GAN training iteration (G and D, 2 × 64³ channels-last patches), in four forms with the same
 outputs: the output projection applied after the attention (the paper's order), to the values before it
-(``project_values_first``), and values first with the output site's shortcuts (projections only on the voxels the
-pool reads, the input as the query); alternating in one process, in the precision training uses.
+(``project_values_first``), values first with the output site's shortcuts (projections only on the voxels the pool
+reads, the input as the query), and those with the attention evaluated once per distinct 16-bit input value
+(``attend_per_level``, bf16 autocast only); alternating in one process, in the precision training uses. The site alone
+gets its input in that precision, as the output convolution hands it over under autocast.
 
 With ``--quality-minutes M``, SC-GAN with the paper's pooled attention and with local attention at every site
 (``configs/models/local_attention.json``) are trained for M wall-clock minutes each on the paper table's standard
@@ -181,16 +183,18 @@ def main() -> None:
 
 
 def output_site_timing(args: argparse.Namespace) -> dict:
-    """Forward + backward seconds of the output site and of the whole generator in three forms that give the same
-    outputs: the output projection after the attention (the paper's order), on the values first, and values first with
+    """Forward + backward seconds of the output site and of the whole generator in four forms that give the same
+    outputs: the output projection after the attention (the paper's order), on the values first, values first with
     the output site's shortcuts (projections only on the voxels the pool reads, the input as the query: see
-    ``SelfAttention3d``). The forms alternate in this process (median of ``args.repeats`` rounds after a warm-up), so
-    that their ratios are measured under the same load."""
+    ``SelfAttention3d``), and those with the attention once per distinct 16-bit input value (``attend_per_level``).
+    The forms alternate in this process (median of ``args.repeats`` rounds after a warm-up), so that their ratios are
+    measured under the same load."""
     import statistics
 
     import torch
 
     from custom_nets import SelfAttention3d, build_generator
+    from custom_nets.networks.blocks.self_attention import LEVEL_REDUCTION
     from custom_nets.precision import autocast_dtype
 
     torch.set_num_threads(args.threads)
@@ -203,23 +207,32 @@ def output_site_timing(args: argparse.Namespace) -> dict:
             if isinstance(module, SelfAttention3d):
                 module.sigma.fill_(0.5)
     cases = {"output site (1 channel, 4 × 64³)": (block, 1), "CPU-preset generator (4 × 64³)": (generator, 3)}
-    # form: (project_values_first, shortcuts)
-    forms = {"paper_order": (False, False), "values_first": (True, False), "shortcuts": (True, True)}
+    # form: (project_values_first, shortcuts, per-level attention)
+    forms = {
+        "paper_order": (False, False, False),
+        "values_first": (True, False, False),
+        "shortcuts": (True, True, False),
+        "per_level": (True, True, True),
+    }
     gan_step = "SC-GAN training step (G + D, 2 × 64³, channels-last)"
     results = {}
     for name, (network, channels) in [*cases.items(), (gan_step, (None, 3))]:
         if network is None:  # the bundle's whole iteration: train.json's batch (1 subject × 2 patches) and defaults
             trainer, batch = _scgan_trainer(torch, seed=args.seed)
             network = trainer.g_network
-        x = torch.rand(4, channels, 64, 64, 64, requires_grad=True)
+        x = torch.rand(4, channels, 64, 64, 64)
+        if channels == 1 and dtype is not None:  # the site's input under autocast: the output convolution's dtype
+            x = x.to(dtype)
+        x.requires_grad_()
         sites = [m for m in network.modules() if isinstance(m, SelfAttention3d) and m.project_values_first]
         shortcuts = {site: (site.skips_voxels, site.input_as_query) for site in sites}
 
         def step(form: str) -> float:
-            first, fast = forms[form]
+            first, fast, per_level = forms[form]
             for site in sites:
                 site.project_values_first = first
                 site.skips_voxels, site.input_as_query = shortcuts[site] if fast else (False, False)
+                site.level_reduction = LEVEL_REDUCTION if per_level else 0
             start = time.perf_counter()
             if name == gan_step:
                 trainer._iteration(trainer, batch)
@@ -236,16 +249,18 @@ def output_site_timing(args: argparse.Namespace) -> dict:
         row = {f"{form}_s": statistics.median(r[form] for r in rounds) for form in forms}
         row["values_first_speedup"] = row["paper_order_s"] / row["values_first_s"]
         row["shortcuts_speedup"] = row["values_first_s"] / row["shortcuts_s"]
+        row["per_level_speedup"] = row["shortcuts_s"] / row["per_level_s"]
         results[name] = row
     print(
         "\n| forward + backward | W_o after the attention (paper) s | W_o on the values first s | values first + "
-        "shortcuts s | values first / paper | shortcuts / values first |"
+        "shortcuts s | + per-level s | values first / paper | shortcuts / values first | per-level / shortcuts |"
     )
-    print("|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in results.items():
         print(
             f"| {name} | {r['paper_order_s']:.3f} | {r['values_first_s']:.3f} | {r['shortcuts_s']:.3f} | "
-            f"{r['values_first_speedup']:.2f}× | {r['shortcuts_speedup']:.2f}× |"
+            f"{r['per_level_s']:.3f} | {r['values_first_speedup']:.2f}× | {r['shortcuts_speedup']:.2f}× | "
+            f"{r['per_level_speedup']:.2f}× |"
         )
     return {"autocast": str(dtype), "rows": results}
 

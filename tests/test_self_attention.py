@@ -8,6 +8,7 @@ from parameterized import parameterized
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from custom_nets import SelfAttention3d
+from custom_nets.networks.blocks.self_attention import distinct_values
 
 # [spatial_dims, channels, spatial size, pool_size, pool_stride]
 CASES = [
@@ -287,7 +288,7 @@ def test_output_site_scripts():
 
 def _record_paths(block: SelfAttention3d) -> dict:
     """Count the calls of θ's forward (the plain query), ``pool_voxels_read`` and ``attend_in_chunks``."""
-    calls = {"theta": 0, "pool_voxels_read": 0, "attend_in_chunks": 0}
+    calls = {"theta": 0, "pool_voxels_read": 0, "attend_in_chunks": 0, "attend_per_level": 0}
 
     def counted(name, method):
         def wrapper(*args):
@@ -297,7 +298,7 @@ def _record_paths(block: SelfAttention3d) -> dict:
         return wrapper
 
     block.theta.register_forward_hook(lambda *_: calls.__setitem__("theta", calls["theta"] + 1))
-    for name in ("pool_voxels_read", "attend_in_chunks"):
+    for name in ("pool_voxels_read", "attend_in_chunks", "attend_per_level"):
         setattr(block, name, counted(name, getattr(block, name)))
     return calls
 
@@ -308,7 +309,7 @@ def test_output_site_takes_the_shortcuts(grad):
     calls = _record_paths(block)
     with torch.set_grad_enabled(grad):
         block(torch.randn(2, 1, 32, 32, 32, requires_grad=grad))
-    assert calls == {"theta": 0, "pool_voxels_read": 1, "attend_in_chunks": 1}
+    assert calls == {"theta": 0, "pool_voxels_read": 1, "attend_in_chunks": 1, "attend_per_level": 0}
 
 
 def test_large_score_matrices_under_autograd_take_the_fused_core():
@@ -319,7 +320,87 @@ def test_large_score_matrices_under_autograd_take_the_fused_core():
     calls = _record_paths(block)
     x = torch.randn(2, 1, 16, 16, 16, requires_grad=True)
     out = block(x)
-    assert calls == {"theta": 1, "pool_voxels_read": 0, "attend_in_chunks": 0}
+    assert calls == {"theta": 1, "pool_voxels_read": 0, "attend_in_chunks": 0, "attend_per_level": 0}
     with torch.no_grad():
         torch.testing.assert_close(block(x), out.detach(), rtol=1e-5, atol=1e-6)
     assert calls["attend_in_chunks"] == 1
+
+
+def _bf16_site_input(shape, levels: int, grad: bool) -> torch.Tensor:
+    """A 1-channel bf16 map with at most ``levels`` distinct values, as the output convolution gives under autocast."""
+    values = torch.randn(levels)
+    return values[torch.randint(levels, shape)].to(torch.bfloat16).requires_grad_(grad)
+
+
+# [spatial shape, distinct input values, pool_stride, gradients]
+LEVEL_CASES = [
+    [(32, 32, 32), 500, 16, True],
+    [(32, 24, 16), 300, 8, False],
+    [(20, 17, 23), 100, 5, True],
+]
+
+
+@parameterized.expand(LEVEL_CASES)
+def test_per_level_attention_matches_per_voxel(shape, levels, pool_stride, grad):
+    """With few distinct bf16 input values the attention runs once per value: the same outputs as per voxel, and the
+    gradients of the input and of every parameter as close to the fp32 computation's as per voxel (both carry bf16
+    rounding, a few percent on the key projections: within twice the per-voxel error or 1 % of the gradient)."""
+    torch.manual_seed(0)
+    block = _with_open_gate(SelfAttention3d(3, 1, 2, pool_stride)).train(grad)
+    per_voxel = copy.deepcopy(block)
+    per_voxel.level_reduction = 0
+    reference = copy.deepcopy(per_voxel)
+    calls = _record_paths(block)
+    x = _bf16_site_input((2, 1, *shape), levels, grad)
+    weights = torch.randn(x.shape)
+    results = []
+    for module, inputs in [(block, x), (per_voxel, x), (reference, x.float())]:
+        inputs = inputs.detach().clone().requires_grad_(grad)
+        with torch.set_grad_enabled(grad), torch.autocast("cpu", dtype=torch.bfloat16, enabled=module is not reference):
+            out = module(inputs)
+        if grad:
+            (out.float() * weights).sum().backward()
+        grads = {name: p.grad for name, p in module.named_parameters()}
+        results.append({"output": out.float(), "input gradient": inputs.grad, **grads})
+    assert calls["attend_per_level"] == 1 and calls["attend_in_chunks"] == 1 and calls["theta"] == 0
+    level, voxel, exact = results
+    torch.testing.assert_close(level["output"], voxel["output"], rtol=0, atol=1e-2)
+    for name in exact if grad else []:
+        scale = torch.linalg.vector_norm(exact[name].float())
+        level_error = torch.linalg.vector_norm(level[name].float() - exact[name].float())
+        voxel_error = torch.linalg.vector_norm(voxel[name].float() - exact[name].float())
+        assert level_error <= 2 * voxel_error + 1e-2 * scale + 1e-7, name
+
+
+def test_per_level_attention_is_skipped_for_many_values_and_full_precision():
+    """Where the distinct values are not ``level_reduction`` times fewer than the voxels (or the input is fp32), the
+    per-voxel path runs: one sort wasted at most, never a different result."""
+    torch.manual_seed(0)
+    block = _with_open_gate(SelfAttention3d(3, 1, 2, 8))
+    calls = _record_paths(block)
+    many = torch.randn(1, 1, 16, 16, 16).to(torch.bfloat16)  # ~2,000 distinct values in 4,096 voxels
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = block(many)
+    assert calls["attend_per_level"] == 1 and calls["attend_in_chunks"] == 1  # tried, fell back to per voxel
+    per_voxel = copy.deepcopy(block)
+    per_voxel.level_reduction = 0
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.testing.assert_close(out, per_voxel(many), rtol=0, atol=0)
+    with torch.no_grad():
+        block(torch.randn(1, 1, 16, 16, 16))
+    assert calls["attend_per_level"] == 1  # fp32: not tried
+
+
+@parameterized.expand([[torch.bfloat16], [torch.float16]])
+def test_distinct_values_are_torch_unique(dtype):
+    """The histogram of bit patterns finds torch.unique's values, and every element's index points at its own bits
+    (±0, infinities and NaN included)."""
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-8])
+    x = torch.cat([torch.randn(3000), special, torch.randn(94).round()]).to(dtype).view(2, 1, 1550)
+    values, inverse = distinct_values(x)
+    assert inverse.shape == x.shape and values.dtype == dtype
+    assert torch.equal(values[inverse].view(torch.int16), x.view(torch.int16))
+    assert len(set(values.view(torch.int16).tolist())) == values.numel()
+    finite = values[torch.isfinite(values) & (values != 0)]
+    unique = torch.unique(x[torch.isfinite(x) & (x != 0)])
+    torch.testing.assert_close(torch.sort(finite.float()).values, unique.float(), rtol=0, atol=0)

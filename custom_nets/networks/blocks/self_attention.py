@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +22,21 @@ ATTENTION_IMPLEMENTATIONS = ("fused", "naive")
 SCORE_CHUNK_ELEMENTS = 2**24
 # most scores (B·N·M) the explicit path keeps for backward, with their softmax: 2**26 is 128 MiB each in bf16
 GRAD_SCORE_ELEMENTS = 2**26
+# a 16-bit 1-channel input attends once per distinct value (attend_per_level) when the values are at least this many
+# times fewer than the voxels (else finding them costs more than it saves)
+LEVEL_REDUCTION = 8
+
+
+def distinct_values(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``torch.unique(x, return_inverse=True)`` for a 16-bit ``x`` (bf16 or fp16), by a histogram of its 2¹⁶ bit
+    patterns instead of a sort: O(N). Returns the distinct values (1D, ordered by bit pattern, not by value; +0 and −0
+    count as two) and, shaped as ``x``, each element's index into them."""
+    bits = x.reshape(-1).view(torch.int16).to(torch.int32) + 2**15  # 0 ... 2**16 - 1
+    present = torch.bincount(bits, minlength=2**16) > 0
+    codes = present.nonzero().squeeze(1)
+    index_of_code = torch.cumsum(present, 0) - 1
+    values = (codes - 2**15).to(torch.int16).view(x.dtype)
+    return values, index_of_code[bits].view(x.shape)
 
 
 class SelfAttention3d(nn.Module):
@@ -47,7 +62,7 @@ class SelfAttention3d(nn.Module):
     would silently fall back to the N×M math path. On CUDA the memory-efficient kernel accepts the unequal widths. The
     ``"naive"`` implementation materialises the matrix and is kept as the reference for tests.
 
-    Two exact shortcuts serve the output site (``C`` = 1, keys pooled with a stride far above the kernel), which
+    Three exact shortcuts serve the output site (``C`` = 1, keys pooled with a stride far above the kernel), which
     otherwise took 0.86 of the CPU preset generator's 1.54 s forward + backward on 4 × 64³ patches:
 
     - Wherever ``pool_stride > pool_size``, φ and g are evaluated only on the voxels the max-pool reads (a pointwise
@@ -58,9 +73,13 @@ class SelfAttention3d(nn.Module):
       flash kernel is slower at query widths under 4), whatever ``implementation`` says. Without autograd they are
       built ``score_chunk_elements`` (2²⁴) at a time; under autograd the scores and their softmax are kept for the
       backward pass, so the path is taken only up to ``grad_score_elements`` (2²⁶, B·N·M) and the fused core above
-      (O(N + M) memory) serves larger cases. ``benchmarks/attention.py --output-site`` times the forms.
+      (O(N + M) memory) serves larger cases.
+    - On CPU, for a 1-channel 16-bit input (bf16 autocast), the attention is a function of the voxel's value alone and
+      is evaluated once per distinct value (:meth:`attend_per_level`): a few thousand instead of N.
 
-    Neither is used under ``torch.jit.trace`` (a trace records one input size).
+    ``benchmarks/attention.py --output-site`` times the forms.
+
+    None is used under ``torch.jit.trace`` (a trace records one input size).
 
     Local attention (``window_size = w > 0``): instead of the pooled global key set, each query attends to the ``w**d``
     voxels of its non-overlapping window (keys and values not pooled), as in the windowed attention of Swin
@@ -152,6 +171,7 @@ class SelfAttention3d(nn.Module):
         self.input_as_query = window_size == 0 and in_channels < self.qk_channels and self.theta.bias is None
         self.score_chunk_elements = SCORE_CHUNK_ELEMENTS
         self.grad_score_elements = GRAD_SCORE_ELEMENTS
+        self.level_reduction = LEVEL_REDUCTION  # 0 turns attend_per_level off
         self.sigma = nn.Parameter(torch.zeros(()))
         for conv in (self.theta, self.phi, self.g, self.out_proj):
             weight = conv.parametrizations.weight.original if hasattr(conv, "parametrizations") else conv.weight
@@ -201,6 +221,40 @@ class SelfAttention3d(nn.Module):
             outputs.append(torch.bmm(torch.softmax(scores, dim=-1), value))
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
 
+    @torch.jit.unused  # dtype views do not script; forward skips this method when scripted
+    def attend_per_level(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> Optional[torch.Tensor]:
+        """``softmax(q kᵀ) v`` for 1-wide queries ``q (B, N, 1)``, evaluated once per distinct query value; shapes as
+        in :meth:`attend`. Returns None (the caller takes another path) where the distinct values are not much fewer
+        than the queries or their scores would exceed ``grad_score_elements`` under autograd.
+
+        With one input channel the attention is a function of the voxel's value alone, ``o(t) = Σ_m softmax_m(t a_m)
+        v_m``, and a 16-bit input takes at most 2¹⁶ values (a few thousand in a 64³ patch), so ``o`` is computed on
+        those and gathered: the same arithmetic on the same numbers. Its derivative in ``t``,
+        ``Σ_m p_m a_m (v_m − o)``, is gathered too and enters as ``(q − q.detach()) · o'(q)``, which is zero in value
+        and gives each query its own gradient; the keys' and values' gradients flow through the gathered ``o``."""
+        batch, queries = query.shape[0], query.shape[1]
+        levels, inverse = distinct_values(query.detach())
+        count = levels.numel()
+        if count * self.level_reduction > queries or (
+            torch.is_grad_enabled() and batch * count * key.shape[1] > self.grad_score_elements
+        ):
+            return None
+        level_query = levels.view(1, count, 1).expand(batch, count, 1)
+        level_out = self.attend_in_chunks(level_query, key, value)  # (B, K, Dv)
+        index = inverse.view(batch, queries, 1).expand(batch, queries, value.shape[2])
+        # gathered in fp32: its backward sums each level's gradients over thousands of voxels
+        out = torch.gather(level_out.float(), 1, index).to(level_out.dtype)
+        if query.requires_grad:
+            with torch.no_grad():
+                key_t = key.float().transpose(1, 2)  # (B, 1, M)
+                weights = torch.softmax(level_query.float() * key_t, dim=-1)  # (B, K, M)
+                # d/dt Σ_m p_m v_m = Σ_m p_m a_m v_m − o Σ_m p_m a_m
+                slope = torch.bmm(weights * key_t, value.float()) - level_out.float() * (weights * key_t).sum(
+                    -1, keepdim=True
+                )
+            out = out + (query - query.detach()) * torch.gather(slope.to(out.dtype), 1, index)
+        return out
+
     def explicit_scores_fit(self, x: torch.Tensor, key: torch.Tensor) -> bool:
         """Whether the explicit N×M scores of ``attend_in_chunks`` stay within ``grad_score_elements`` when autograd
         keeps them (without autograd they are chunked, so always)."""
@@ -242,11 +296,17 @@ class SelfAttention3d(nn.Module):
             key = self.read_pool(self.phi(read)) if read_only else self.pool(self.phi(read))
             key = key.flatten(2).transpose(1, 2)
             values = values.flatten(2).transpose(1, 2)
-            if self.input_as_query and x.device.type == "cpu" and not tracing and self.explicit_scores_fit(x, key):
+            out: Optional[torch.Tensor] = None
+            if self.input_as_query and x.device.type == "cpu" and not tracing:
                 theta_weight = self.theta.weight.flatten(1)  # (Dqk, C), spectrally normalised when it is
-                key = torch.matmul(key, theta_weight.to(key.dtype))
-                out = self.attend_in_chunks(x.flatten(2).transpose(1, 2), key, values)
-            else:
+                input_key = torch.matmul(key, theta_weight.to(key.dtype))
+                query = x.flatten(2).transpose(1, 2)
+                half = x.dtype == torch.bfloat16 or x.dtype == torch.float16
+                if self.level_reduction > 0 and x.shape[1] == 1 and half and not torch.jit.is_scripting():
+                    out = self.attend_per_level(query, input_key, values)
+                if out is None and self.explicit_scores_fit(x, key):
+                    out = self.attend_in_chunks(query, input_key, values)
+            if out is None:
                 out = self.attend(self.theta(x).flatten(2).transpose(1, 2), key, values)
             # "b (*s) c -> b c *s"
             out_shape = list(x.shape)
