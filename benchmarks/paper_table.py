@@ -341,14 +341,14 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
             "",
         ]
     timing = ["| model | s / iteration |", "|---|---|"]
-    first = next(iter(report["tasks"].values()))["models"]
-    for model, row in first.items():
+    first_task, first_entry = next(iter(report["tasks"].items()))
+    for model, row in first_entry["models"].items():
         timing.append(f"| {MODEL_LABELS[model]} | {row['run']['seconds_per_iteration']:.2f} |")
     lines += [
         "## Training cost on this machine",
         "",
-        "Seconds per iteration as recorded by each PET run; other jobs sometimes shared the two cores, so use "
-        "`python benchmarks/train_step.py` for clean step timings.",
+        f"Seconds per iteration as recorded by each {first_task.upper()} run (validation included); other jobs "
+        "sometimes shared the two cores, so use `python benchmarks/train_step.py` for clean step timings.",
         "",
         *timing,
         "",
