@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -71,7 +72,8 @@ class ConditionalGanTrainer(Trainer):
 
     1. ``fake = G(x)`` (autocast to bf16/fp16 when ``amp`` and the device supports it).
     2. Train D ``d_steps`` times: adversarial loss on ``D(cat[x, y])`` as real and ``D(cat[x, fake.detach()])`` as
-       fake, averaged (D always runs in fp32: a PatchGAN under bf16 went NaN in a prototype).
+       fake, averaged (D always runs in fp32: a PatchGAN under bf16 went NaN in a prototype). With ``instance_noise``
+       σ > 0 every target D sees, real or synthesised, gets fresh Gaussian noise of standard deviation σ.
     3. Train G: ``λ_adv·adv(D(cat[x, fake]))`` + ``λ_fm·L1(D features on the fake pair, on the real pair)`` +
        ``λ_l1·L1(fake, y)`` + ``λ_rmse·RMSE inside m`` (the paper's code: λ_l1 = λ_rmse = 200), and with a
        ``distillation`` (``custom_nets.distillation.GeneratorDistillation``) ``λ_distill_output·L1(fake, teacher(x))``
@@ -91,6 +93,12 @@ class ConditionalGanTrainer(Trainer):
         adversarial_criterion: ``"least_squares"`` (default), ``"bce"`` or ``"hinge"`` (MONAI ``PatchAdversarialLoss``).
         lambda_adv, lambda_fm, lambda_l1, lambda_rmse: loss weights.
         d_steps: discriminator updates per generator update.
+        instance_noise: standard deviation σ of the Gaussian noise added to the target channels of every pair D sees,
+            real and synthesised, in the scaled target's units ([0, 1] over ``target_min``–``target_max`` in the
+            bundle); 0 (default) adds none. Instance noise (Sønderby et al., "Amortised MAP inference for image
+            super-resolution", ICLR 2017; Arjovsky and Bottou, ICLR 2017) keeps D from separating the pairs by the
+            target's measurement noise, which G cannot predict from the inputs: the noise is added to both
+            distributions, so the optimum (synthesis distributed as the targets) is unchanged.
         g_network_ema: a copy of the generator (``averaged_copy``) that keeps an exponential moving average of its
             weights after every generator step (Karras et al., "Progressive growing of GANs", ICLR 2018; Yazıcı et
             al., "The unusual effectiveness of averaging in GAN training", ICLR 2019): validate and deploy this one.
@@ -123,6 +131,7 @@ class ConditionalGanTrainer(Trainer):
         lambda_l1: float = 200.0,
         lambda_rmse: float = 200.0,
         d_steps: int = 1,
+        instance_noise: float = 0.0,
         g_network_ema: nn.Module | None = None,
         ema_decay: float = 0.999,
         distillation: nn.Module | None = None,
@@ -147,6 +156,8 @@ class ConditionalGanTrainer(Trainer):
             raise ValueError("give d_network and d_optimizer together, or neither (generator-only training).")
         if d_steps < 1:
             raise ValueError(f"d_steps must be at least 1, got {d_steps}.")
+        if not math.isfinite(instance_noise) or instance_noise < 0:
+            raise ValueError(f"instance_noise must be a finite non-negative standard deviation, got {instance_noise}.")
         for name, value in (
             ("lambda_adv", lambda_adv),
             ("lambda_fm", lambda_fm),
@@ -190,6 +201,7 @@ class ConditionalGanTrainer(Trainer):
             lambda_rmse,
         )
         self.d_steps = d_steps
+        self.instance_noise = float(instance_noise)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be within [0, 1), got {ema_decay}.")
         self.g_network_ema, self.ema_decay = g_network_ema, ema_decay
@@ -238,6 +250,12 @@ class ConditionalGanTrainer(Trainer):
         for name, buffer in source.named_buffers():
             buffers[name].copy_(buffer)
 
+    def _pair(self, condition: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The pair D sees, ``cat[condition, target]`` on channels, the target with fresh ``instance_noise``."""
+        if self.instance_noise > 0:
+            target = target + self.instance_noise * torch.randn_like(target)
+        return torch.cat((condition, target), dim=1)
+
     def _check_finite(self, name: str, network: nn.Module, losses: dict[str, torch.Tensor]) -> None:
         """Raise before the optimiser step when a loss term or the gradient of ``network`` is not finite, so that a
         non-finite model is never trained on, validated or saved (a NaN in the data, or the CPU bf16 conv3d backward
@@ -278,8 +296,8 @@ class ConditionalGanTrainer(Trainer):
             engine.d_network.train()
             for _ in range(engine.d_steps):
                 engine.d_optimizer.zero_grad(set_to_none=True)
-                real_logits = engine.d_network(torch.cat((real_a, real_b), dim=1))[-1]  # D(A, B)
-                fake_logits = engine.d_network(torch.cat((real_a, fake_b32.detach()), dim=1))[-1]  # D(A, G(A))
+                real_logits = engine.d_network(engine._pair(real_a, real_b))[-1]  # D(A, B)
+                fake_logits = engine.d_network(engine._pair(real_a, fake_b32.detach()))[-1]  # D(A, G(A))
                 d_real = engine.adversarial_loss(real_logits, target_is_real=True, for_discriminator=True)
                 d_fake = engine.adversarial_loss(fake_logits, target_is_real=False, for_discriminator=True)
                 d_loss = 0.5 * (d_real + d_fake)
@@ -295,10 +313,10 @@ class ConditionalGanTrainer(Trainer):
         g_loss = torch.zeros((), device=fake_b32.device)
         if engine.use_gan:
             engine.d_network.requires_grad_(False)  # D needs no parameter gradients while G is optimised
-            fake_out = engine.d_network(torch.cat((real_a, fake_b32), dim=1))  # D(A, G(A)), gradients flow to G
+            fake_out = engine.d_network(engine._pair(real_a, fake_b32))  # D(A, G(A)), gradients flow to G
             adv = engine.adversarial_loss(fake_out[-1], target_is_real=True, for_discriminator=False)
             with torch.no_grad():
-                real_features = engine.d_network(torch.cat((real_a, real_b), dim=1))[:-1]
+                real_features = engine.d_network(engine._pair(real_a, real_b))[:-1]
             fm = engine.feature_matching(fake_out[:-1], real_features)
             g_loss = g_loss + engine.lambda_adv * adv + engine.lambda_fm * fm
             losses.update({GanKeys.ADV: adv, GanKeys.FM: fm})

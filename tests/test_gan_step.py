@@ -90,11 +90,47 @@ def test_discriminator_and_optimizer_come_together():
         ("lambda_l1", -0.5, "lambda_l1 must be non-negative"),
         ("lambda_rmse", -2.0, "lambda_rmse must be non-negative"),
         ("ema_decay", 1.0, r"ema_decay must be within \[0, 1\)"),
+        ("instance_noise", -0.1, "instance_noise must be a finite non-negative standard deviation, got -0.1"),
+        ("instance_noise", float("nan"), "instance_noise must be a finite non-negative standard deviation, got nan"),
     ],
 )
 def test_each_bad_option_is_named(option, value, message):
     with pytest.raises(ValueError, match=message):
         _trainer(**{option: value})
+
+
+def _pairs_seen_by_d(trainer: ConditionalGanTrainer) -> list[torch.Tensor]:
+    """Run one iteration and return every input D was given, in order."""
+    seen = []
+    forward = trainer.d_network.forward
+
+    def recording_forward(x):
+        seen.append(x.detach().clone())
+        return forward(x)
+
+    trainer.d_network.forward = recording_forward
+    trainer._iteration(trainer, _batch())
+    return seen
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.05, 0.2])
+def test_instance_noise_reaches_only_the_targets_d_sees(sigma):
+    trainer = _trainer(instance_noise=sigma)
+    batch = _batch()
+    pairs = _pairs_seen_by_d(trainer)
+    assert len(pairs) == 4  # D step: real, synthesised; G step: synthesised, real (feature matching)
+    for pair in pairs:
+        assert torch.equal(pair[:, :2], batch["image"])  # the condition is never perturbed
+    for real in (pairs[0], pairs[3]):
+        deviation = real[:, 2:] - batch["label"]
+        if sigma == 0:
+            assert torch.equal(deviation, torch.zeros_like(deviation))
+        else:  # 8192 draws: the sample standard deviation is within a few per cent of sigma
+            assert float(deviation.std()) == pytest.approx(sigma, rel=0.05)
+            assert abs(float(deviation.mean())) < 0.1 * sigma
+    if sigma > 0:  # fresh noise for every pair: the two views of the real target differ
+        assert not torch.equal(pairs[0][:, 2:], pairs[3][:, 2:])
+        assert not torch.equal(pairs[1][:, 2:], pairs[2][:, 2:])
 
 
 def test_an_iteration_without_data_is_refused():
