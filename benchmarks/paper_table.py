@@ -340,15 +340,20 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
             "(display range half the target's).",
             "",
         ]
-    timing = ["| model | s / iteration |", "|---|---|"]
+    timing = ["| model | s / iteration | reference workload ms, before / after training |", "|---|---|---|"]
     first_task, first_entry = next(iter(report["tasks"].items()))
     for model, row in first_entry["models"].items():
-        timing.append(f"| {MODEL_LABELS[model]} | {row['run']['seconds_per_iteration']:.2f} |")
+        probe = row["run"].get("probe_seconds")  # runs recorded before the probe existed have none
+        reference = f"{1000 * probe['before']:.0f} / {1000 * probe['after']:.0f}" if probe else "not recorded"
+        timing.append(f"| {MODEL_LABELS[model]} | {row['run']['seconds_per_iteration']:.2f} | {reference} |")
     lines += [
         "## Training cost on this machine",
         "",
         f"Seconds per iteration as recorded by each {first_task.upper()} run (validation included); other jobs "
-        "sometimes shared the two cores, so use `python benchmarks/train_step.py` for clean step timings.",
+        "sometimes shared the two cores, so use `python benchmarks/train_step.py` for clean step timings. The "
+        "reference workload (`custom_nets.evaluation.pipeline.machine_speed_probe`: the same convolution every time) "
+        "shows whether the machine's own speed changed between the runs, which equal wall clock would pass on to "
+        "their iterations.",
         "",
         *timing,
         "",

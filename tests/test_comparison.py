@@ -15,7 +15,14 @@ from conftest import TINY
 import custom_nets.datasets.templates as realdata
 from custom_nets.evaluation.comparison import markdown_table
 from custom_nets.evaluation.figures import comparison_figure
-from custom_nets.evaluation.pipeline import RunSettings, compare, model_overlays, run_baselines, task_settings
+from custom_nets.evaluation.pipeline import (
+    RunSettings,
+    compare,
+    machine_speed_probe,
+    model_overlays,
+    run_baselines,
+    task_settings,
+)
 from custom_nets.io import sha256_of
 
 TINY_RUN = {**TINY, "discriminator_def#channels": [8, 8, 16, 16]}
@@ -35,6 +42,8 @@ def test_equal_budget_runs_are_scored_and_reused(data_dir, tmp_path):
         # the final weights, written by the config's FinalWeightsSaver handler
         assert (tmp_path / model / "models" / "model_fa.pt").is_file()
         assert not (tmp_path / model / "final_weights.pt").exists()
+        probe = rows[model]["run"]["probe_seconds"]  # the machine's speed before and after training
+        assert set(probe) == {"before", "after"} and all(0 < value < 60 for value in probe.values())
     again = compare(BUNDLE, "fa", datalist, tmp_path, settings, ["scgan"], **quiet)["rows"]
     assert again["scgan"]["run"]["train_seconds"] == rows["scgan"]["run"]["train_seconds"]  # reused, not retrained
 
@@ -50,6 +59,12 @@ def test_equal_budget_runs_are_scored_and_reused(data_dir, tmp_path):
         "FA",
     )
     assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_machine_speed_probe_times_a_fixed_workload():
+    assert 0 < machine_speed_probe(repeats=1) < 60
+    with pytest.raises(ValueError, match="repeats must be at least 1, got 0"):
+        machine_speed_probe(repeats=0)
 
 
 def test_unknown_model_and_task_are_named():

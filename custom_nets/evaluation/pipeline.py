@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -35,11 +36,38 @@ __all__ = [
     "task_settings",
     "model_overlays",
     "train_and_infer",
+    "machine_speed_probe",
     "run_models",
     "run_baselines",
     "run_oracle",
     "compare",
 ]
+
+
+def machine_speed_probe(repeats: int = 5) -> float:
+    """Seconds for a fixed reference workload: one 3³ convolution, 16 → 16 channels on a 32³ map (fp32, seeded
+    inputs), forward and backward, the median of ``repeats`` after one warm-up. The work never changes, so a change
+    between two records measures the machine (clock, other tenants of the host), not a model: equal-wall-clock runs
+    made one after another record it before and after training to show whether the machine's speed drifted between
+    them (the same training ran 29 % slower three hours apart, ``bundle/docs/tuning.md``).
+
+    Raises:
+        ValueError: ``repeats`` is below 1.
+    """
+    if repeats < 1:
+        raise ValueError(f"repeats must be at least 1, got {repeats}.")
+    import torch  # the baselines and scoring in this module do not need torch
+
+    generator = torch.Generator().manual_seed(0)
+    maps = torch.randn(1, 16, 32, 32, 32, generator=generator)
+    weight = torch.randn(16, 16, 3, 3, 3, generator=generator).requires_grad_()
+    seconds = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        torch.nn.functional.conv3d(maps, weight, padding=1).sum().backward()
+        seconds.append(time.perf_counter() - start)
+        weight.grad = None
+    return float(statistics.median(seconds[1:]))
 
 
 def configs_dir(bundle: str | Path) -> Path:
@@ -224,9 +252,11 @@ def train_and_infer(
     trainer = train.parser.get_parsed_content("train#trainer")
     checkpoint = outputs_root / "models" / train.parser.get_parsed_content("ckpt_name")
     checkpoint.unlink(missing_ok=True)  # a former run's model must not pass for this run's selection
+    probe_before = machine_speed_probe()
     start = time.perf_counter()
     train.run()
     seconds = time.perf_counter() - start
+    probe_after = machine_speed_probe()
     if model_selection and checkpoint.is_file():  # the best validation checkpoint
         final_weights.unlink(missing_ok=True)
     else:
@@ -255,6 +285,7 @@ def train_and_infer(
         "epochs": trainer.state.epoch,
         "train_seconds": seconds,
         "seconds_per_iteration": seconds / max(iterations, 1),
+        "probe_seconds": {"before": probe_before, "after": probe_after},
         "infer_seconds": infer_seconds,
         "checkpoint": str(checkpoint),
         "predictions": str(out_dir / "predictions"),
