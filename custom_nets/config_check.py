@@ -74,13 +74,15 @@ def check_settings(
     tasks_dir: str | Path | None = None,
     argv: Sequence[str] | None = None,
     files: Mapping[str, str | Path] | None = None,
+    discriminator_roi_size: Sequence[int] | int | None = None,
 ) -> bool:
     """Raise one ``ValueError`` naming the id and value when the configuration cannot be what the user meant.
 
     Checks: every ``--id`` of a ``monai.bundle run`` command line is an id of the bundle (``--patch_sizee`` would
     otherwise be ignored); ``task`` is a plain name (it names files: ``models/model_<task>.pt``) with an overlay
     ``tasks/<task>.json`` when ``tasks_dir`` is given; ``patch_size`` is a list of positive integers, each a multiple
-    of the generator's ``size_divisor`` (``prod(strides)``); every non-empty path of ``files`` (``{id: path}``, e.g.
+    of the generator's ``size_divisor`` (``prod(strides)``); ``discriminator_roi_size`` is null, a positive integer
+    or one positive integer per dimension of ``patch_size``; every non-empty path of ``files`` (``{id: path}``, e.g.
     ``teacher_weights``) is an existing file.
 
     The configs call it after ``set_determinism``: reading ``size_divisor`` builds ``network_def``, whose weights
@@ -120,6 +122,16 @@ def check_settings(
             f"patch_size {list(patch_size)}: every size must be a multiple of {size_divisor} (the generator's "
             f"prod(strides)), e.g. {fitting}."
         )
+    if discriminator_roi_size is not None:
+        roi = [discriminator_roi_size] if isinstance(discriminator_roi_size, int) else discriminator_roi_size
+        valid = isinstance(roi, Sequence) and not isinstance(roi, (str, bytes))
+        valid = valid and (isinstance(discriminator_roi_size, int) or len(roi) == len(patch_size))
+        if not valid or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in roi):
+            raise ValueError(
+                f"discriminator_roi_size {discriminator_roi_size!r}: expected null (D judges the whole patch), a "
+                f"positive integer or {len(patch_size)} of them (one per dimension of patch_size {list(patch_size)}), "
+                "e.g. 32."
+            )
     for name, path in (files or {}).items():
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{name} {str(path)!r}: no such file. Give the path of an existing file.")

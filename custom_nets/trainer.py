@@ -73,7 +73,9 @@ class ConditionalGanTrainer(Trainer):
     1. ``fake = G(x)`` (autocast to bf16/fp16 when ``amp`` and the device supports it).
     2. Train D ``d_steps`` times: adversarial loss on ``D(cat[x, y])`` as real and ``D(cat[x, fake.detach()])`` as
        fake, averaged (D always runs in fp32: a PatchGAN under bf16 went NaN in a prototype). With ``instance_noise``
-       σ > 0 every target D sees, real or synthesised, gets fresh Gaussian noise of standard deviation σ.
+       σ > 0 every target D sees, real or synthesised, gets fresh Gaussian noise of standard deviation σ. With a
+       ``discriminator_roi_size``, D sees one random crop of that size of every pair in this iteration (the same
+       location for the real and the synthesised pair, so that feature matching compares aligned features).
     3. Train G: ``λ_adv·adv(D(cat[x, fake]))`` + ``λ_fm·L1(D features on the fake pair, on the real pair)`` +
        ``λ_l1·L1(fake, y)`` + ``λ_rmse·RMSE inside m`` (the paper's code: λ_l1 = λ_rmse = 200), and with a
        ``distillation`` (``custom_nets.distillation.GeneratorDistillation``) ``λ_distill_output·L1(fake, teacher(x))``
@@ -99,6 +101,13 @@ class ConditionalGanTrainer(Trainer):
             super-resolution", ICLR 2017; Arjovsky and Bottou, ICLR 2017) keeps D from separating the pairs by the
             target's measurement noise, which G cannot predict from the inputs: the noise is added to both
             distributions, so the optimum (synthesis distributed as the targets) is unchanged.
+        discriminator_roi_size: spatial size of the random crop of the patch that D judges each iteration (an int for
+            every dimension, or one per dimension; a dimension at least the patch's takes all of it), or ``None``
+            (default, the paper's: the whole patch). D's cost, and that of the adversarial and feature-matching
+            gradients through it, scale with the crop's volume; adversarial training on random sub-volumes of the
+            generator's output is HA-GAN's (Sun et al., "Hierarchical amortized GAN for 3D high resolution medical
+            image synthesis", IEEE JBHI 26(8), 2022). A crop narrower than D's ``prod(strides)`` (16 for the bundle's
+            presets) leaves D one logit along that dimension.
         g_network_ema: a copy of the generator (``averaged_copy``) that keeps an exponential moving average of its
             weights after every generator step (Karras et al., "Progressive growing of GANs", ICLR 2018; Yazıcı et
             al., "The unusual effectiveness of averaging in GAN training", ICLR 2019): validate and deploy this one.
@@ -132,6 +141,7 @@ class ConditionalGanTrainer(Trainer):
         lambda_rmse: float = 200.0,
         d_steps: int = 1,
         instance_noise: float = 0.0,
+        discriminator_roi_size: Sequence[int] | int | None = None,
         g_network_ema: nn.Module | None = None,
         ema_decay: float = 0.999,
         distillation: nn.Module | None = None,
@@ -158,6 +168,12 @@ class ConditionalGanTrainer(Trainer):
             raise ValueError(f"d_steps must be at least 1, got {d_steps}.")
         if not math.isfinite(instance_noise) or instance_noise < 0:
             raise ValueError(f"instance_noise must be a finite non-negative standard deviation, got {instance_noise}.")
+        if discriminator_roi_size is not None:
+            sizes = [discriminator_roi_size] if isinstance(discriminator_roi_size, int) else discriminator_roi_size
+            if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+                raise ValueError(
+                    f"discriminator_roi_size must be a positive int or a sequence of them, got {discriminator_roi_size!r}."
+                )
         for name, value in (
             ("lambda_adv", lambda_adv),
             ("lambda_fm", lambda_fm),
@@ -202,6 +218,7 @@ class ConditionalGanTrainer(Trainer):
         )
         self.d_steps = d_steps
         self.instance_noise = float(instance_noise)
+        self.discriminator_roi_size = discriminator_roi_size
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be within [0, 1), got {ema_decay}.")
         self.g_network_ema, self.ema_decay = g_network_ema, ema_decay
@@ -256,6 +273,26 @@ class ConditionalGanTrainer(Trainer):
             target = target + self.instance_noise * torch.randn_like(target)
         return torch.cat((condition, target), dim=1)
 
+    def _discriminator_crop(self, *volumes: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The same random ``discriminator_roi_size`` crop of each of ``volumes`` (B, C, *spatial), all of them when
+        no size is set. The location is drawn from torch's generator, so seeded runs repeat."""
+        if self.discriminator_roi_size is None:
+            return volumes
+        spatial = volumes[0].shape[2:]
+        roi = self.discriminator_roi_size
+        roi = [roi] * len(spatial) if isinstance(roi, int) else list(roi)
+        if len(roi) != len(spatial):
+            raise ValueError(
+                f"discriminator_roi_size {self.discriminator_roi_size!r} has {len(roi)} dimensions, the patches "
+                f"{len(spatial)} ({tuple(spatial)})."
+            )
+        window = []
+        for size, crop in zip(spatial, roi):
+            crop = min(crop, size)
+            start = int(torch.randint(0, size - crop + 1, ())) if crop < size else 0
+            window.append(slice(start, start + crop))
+        return tuple(volume[(slice(None), slice(None), *window)] for volume in volumes)
+
     def _check_finite(self, name: str, network: nn.Module, losses: dict[str, torch.Tensor]) -> None:
         """Raise before the optimiser step when a loss term or the gradient of ``network`` is not finite, so that a
         non-finite model is never trained on, validated or saved (a NaN in the data, or the CPU bf16 conv3d backward
@@ -294,10 +331,11 @@ class ConditionalGanTrainer(Trainer):
         # Train Discriminator
         if engine.use_gan:
             engine.d_network.train()
+            crop_a, crop_b, crop_fake = engine._discriminator_crop(real_a, real_b, fake_b32)
             for _ in range(engine.d_steps):
                 engine.d_optimizer.zero_grad(set_to_none=True)
-                real_logits = engine.d_network(engine._pair(real_a, real_b))[-1]  # D(A, B)
-                fake_logits = engine.d_network(engine._pair(real_a, fake_b32.detach()))[-1]  # D(A, G(A))
+                real_logits = engine.d_network(engine._pair(crop_a, crop_b))[-1]  # D(A, B)
+                fake_logits = engine.d_network(engine._pair(crop_a, crop_fake.detach()))[-1]  # D(A, G(A))
                 d_real = engine.adversarial_loss(real_logits, target_is_real=True, for_discriminator=True)
                 d_fake = engine.adversarial_loss(fake_logits, target_is_real=False, for_discriminator=True)
                 d_loss = 0.5 * (d_real + d_fake)
@@ -313,10 +351,10 @@ class ConditionalGanTrainer(Trainer):
         g_loss = torch.zeros((), device=fake_b32.device)
         if engine.use_gan:
             engine.d_network.requires_grad_(False)  # D needs no parameter gradients while G is optimised
-            fake_out = engine.d_network(engine._pair(real_a, fake_b32))  # D(A, G(A)), gradients flow to G
+            fake_out = engine.d_network(engine._pair(crop_a, crop_fake))  # D(A, G(A)), gradients flow to G
             adv = engine.adversarial_loss(fake_out[-1], target_is_real=True, for_discriminator=False)
             with torch.no_grad():
-                real_features = engine.d_network(engine._pair(real_a, real_b))[:-1]
+                real_features = engine.d_network(engine._pair(crop_a, crop_b))[:-1]
             fm = engine.feature_matching(fake_out[:-1], real_features)
             g_loss = g_loss + engine.lambda_adv * adv + engine.lambda_fm * fm
             losses.update({GanKeys.ADV: adv, GanKeys.FM: fm})
