@@ -64,6 +64,24 @@ def _is_plain_3d(network: nn.Module) -> bool:
     return bool(convolutions) and all(m.weight.ndim == 5 for m in convolutions)
 
 
+def _check_roi_size(roi_size: Sequence[int] | int | None, d_network: nn.Module | None) -> None:
+    """Raise a ``ValueError`` naming ``discriminator_roi_size`` unless it is ``None``, a positive int or a sequence of
+    them, each at least ``d_network``'s ``min_size`` (looked up through DDP's ``module`` and ``SliceWise``'s
+    ``network``)."""
+    if roi_size is None:
+        return
+    sizes = roi_size if isinstance(roi_size, Sequence) and not isinstance(roi_size, str) else [roi_size]
+    if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
+        raise ValueError(f"discriminator_roi_size must be a positive int or a sequence of them, got {roi_size!r}.")
+    judge = getattr(d_network, "module", d_network)
+    min_size = getattr(getattr(judge, "network", judge), "min_size", 1)
+    if min(sizes) < min_size:
+        raise ValueError(
+            f"discriminator_roi_size {roi_size!r}: every size must be at least {min_size}, the smallest input the "
+            "discriminator takes (its self-attention needs 2 voxels at its level)."
+        )
+
+
 class ConditionalGanTrainer(Trainer):
     """Paired conditional-GAN training of SC-GAN (Lan, Toga, Sepehrband, Magn. Reson. Med. 86(3), 2021), after
     pix2pix. MONAI's ``GanTrainer`` feeds G random latents and never shows D the (input, output) pair, hence this class.
@@ -106,8 +124,8 @@ class ConditionalGanTrainer(Trainer):
             (default, the paper's: the whole patch). D's cost, and that of the adversarial and feature-matching
             gradients through it, scale with the crop's volume; adversarial training on random sub-volumes of the
             generator's output is HA-GAN's (Sun et al., "Hierarchical amortized GAN for 3D high resolution medical
-            image synthesis", IEEE JBHI 26(8), 2022). A crop narrower than D's ``prod(strides)`` (16 for the bundle's
-            presets) leaves D one logit along that dimension.
+            image synthesis", IEEE JBHI 26(8), 2022). Every size must be at least D's ``min_size`` (16 for the
+            bundle's presets, whose attention needs 2 voxels after three stride-2 levels).
         g_network_ema: a copy of the generator (``averaged_copy``) that keeps an exponential moving average of its
             weights after every generator step (Karras et al., "Progressive growing of GANs", ICLR 2018; Yazıcı et
             al., "The unusual effectiveness of averaging in GAN training", ICLR 2019): validate and deploy this one.
@@ -168,12 +186,7 @@ class ConditionalGanTrainer(Trainer):
             raise ValueError(f"d_steps must be at least 1, got {d_steps}.")
         if not math.isfinite(instance_noise) or instance_noise < 0:
             raise ValueError(f"instance_noise must be a finite non-negative standard deviation, got {instance_noise}.")
-        if discriminator_roi_size is not None:
-            sizes = [discriminator_roi_size] if isinstance(discriminator_roi_size, int) else discriminator_roi_size
-            if not sizes or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in sizes):
-                raise ValueError(
-                    f"discriminator_roi_size must be a positive int or a sequence of them, got {discriminator_roi_size!r}."
-                )
+        _check_roi_size(discriminator_roi_size, d_network)
         for name, value in (
             ("lambda_adv", lambda_adv),
             ("lambda_fm", lambda_fm),

@@ -35,6 +35,17 @@ def test_good_settings_pass():
     assert check_settings("fa", [64, 96, 64], 32, CONFIGS / "tasks", argv=[])
 
 
+@pytest.mark.parametrize("roi", [None, 32, [32, 48, 16]])
+def test_discriminator_roi_sizes_accepted(roi):
+    assert check_settings("fa", [64] * 3, 32, argv=[], discriminator_roi_size=roi)
+
+
+@pytest.mark.parametrize("roi", [0, [32, 32], [32, 0, 32], "32", True, [16.0, 16, 16]])
+def test_bad_discriminator_roi_size_is_named(roi):
+    with pytest.raises(ValueError, match=r"discriminator_roi_size .*: expected null .*patch_size \[64, 64, 64\]"):
+        check_settings("fa", [64] * 3, 32, argv=[], discriminator_roi_size=roi)
+
+
 def test_missing_file_of_an_id_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="teacher_weights .*absent.pt': no such file"):
         check_settings("fa", [64] * 3, 32, argv=[], files={"teacher_weights": str(tmp_path / "absent.pt")})

@@ -14,12 +14,12 @@ from custom_nets.trainer import ConditionalGanTrainer
 TINY_G = {"channels": [8, 16, 16], "encoder_attention_levels": [2], "decoder_attention_levels": [1]}
 
 
-def _batch() -> dict:
+def _batch(size: int = 16) -> dict:
     torch.manual_seed(1)
     return {
-        "image": torch.rand(2, 2, 16, 16, 16),
-        "label": torch.rand(2, 1, 16, 16, 16),
-        "mask": torch.ones(2, 1, 16, 16, 16),
+        "image": torch.rand(2, 2, size, size, size),
+        "label": torch.rand(2, 1, size, size, size),
+        "mask": torch.ones(2, 1, size, size, size),
     }
 
 
@@ -92,6 +92,15 @@ def test_discriminator_and_optimizer_come_together():
         ("ema_decay", 1.0, r"ema_decay must be within \[0, 1\)"),
         ("instance_noise", -0.1, "instance_noise must be a finite non-negative standard deviation, got -0.1"),
         ("instance_noise", float("nan"), "instance_noise must be a finite non-negative standard deviation, got nan"),
+        ("discriminator_roi_size", 0, "discriminator_roi_size must be a positive int or a sequence of them, got 0"),
+        ("discriminator_roi_size", [8, -1, 8], r"discriminator_roi_size must be .*, got \[8, -1, 8\]"),
+        ("discriminator_roi_size", [], r"discriminator_roi_size must be .*, got \[\]"),
+        ("discriminator_roi_size", 8.5, "discriminator_roi_size must be .*, got 8.5"),
+        (
+            "discriminator_roi_size",
+            [16, 8, 16],
+            r"discriminator_roi_size \[16, 8, 16\]: every size must be at least 16",
+        ),
     ],
 )
 def test_each_bad_option_is_named(option, value, message):
@@ -99,7 +108,7 @@ def test_each_bad_option_is_named(option, value, message):
         _trainer(**{option: value})
 
 
-def _pairs_seen_by_d(trainer: ConditionalGanTrainer) -> list[torch.Tensor]:
+def _pairs_seen_by_d(trainer: ConditionalGanTrainer, size: int = 16) -> list[torch.Tensor]:
     """Run one iteration and return every input D was given, in order."""
     seen = []
     forward = trainer.d_network.forward
@@ -109,7 +118,7 @@ def _pairs_seen_by_d(trainer: ConditionalGanTrainer) -> list[torch.Tensor]:
         return forward(x)
 
     trainer.d_network.forward = recording_forward
-    trainer._iteration(trainer, _batch())
+    trainer._iteration(trainer, _batch(size))
     return seen
 
 
@@ -131,6 +140,57 @@ def test_instance_noise_reaches_only_the_targets_d_sees(sigma):
     if sigma > 0:  # fresh noise for every pair: the two views of the real target differ
         assert not torch.equal(pairs[0][:, 2:], pairs[3][:, 2:])
         assert not torch.equal(pairs[1][:, 2:], pairs[2][:, 2:])
+
+
+def _crop_location(volume: torch.Tensor, crop: torch.Tensor) -> list[tuple[int, ...]]:
+    """Every start (z, y, x) at which ``crop`` equals a sub-volume of ``volume`` (both B, C, *spatial)."""
+    size = crop.shape[2:]
+    starts = [range(full - part + 1) for full, part in zip(volume.shape[2:], size)]
+    return [
+        (z, y, x)
+        for z in starts[0]
+        for y in starts[1]
+        for x in starts[2]
+        if torch.equal(volume[:, :, z : z + size[0], y : y + size[1], x : x + size[2]], crop)
+    ]
+
+
+@pytest.mark.parametrize("roi, expected", [(16, (16, 16, 16)), ([24, 16, 20], (24, 16, 20)), (48, (32, 32, 32))])
+def test_discriminator_judges_one_random_crop_per_iteration(roi, expected):
+    trainer = _trainer(discriminator_roi_size=roi)
+    batch = _batch(32)
+    pairs = _pairs_seen_by_d(trainer, 32)
+    assert len(pairs) == 4 and all(tuple(pair.shape[2:]) == expected for pair in pairs)
+    locations = [_crop_location(batch["image"], pair[:, :2]) for pair in pairs]
+    # real and synthesised pairs, in the D step and the G step, are cut at one location
+    assert len(locations[0]) == 1 and all(found == locations[0] for found in locations)
+    z, y, x = locations[0][0]
+    real_target = batch["label"][:, :, z : z + expected[0], y : y + expected[1], x : x + expected[2]]
+    assert torch.equal(pairs[0][:, 2:], real_target) and torch.equal(pairs[3][:, 2:], real_target)
+    assert not torch.equal(pairs[1][:, 2:], real_target)  # the synthesis, not the target
+
+
+def test_discriminator_crop_moves_between_iterations_and_repeats_with_the_seed():
+    batch = _batch(24)
+
+    def locations(seed: int) -> list:
+        trainer = _trainer(discriminator_roi_size=16)
+        seen = []
+        forward = trainer.d_network.forward
+        trainer.d_network.forward = lambda x: seen.append(x.detach().clone()) or forward(x)
+        torch.manual_seed(seed)
+        for _ in range(4):
+            trainer._iteration(trainer, batch)
+        return [_crop_location(batch["image"], pair[:, :2])[0] for pair in seen[::4]]
+
+    first = locations(3)
+    assert len(set(first)) > 1 and locations(3) == first
+
+
+def test_discriminator_crop_of_other_dimensionality_is_named():
+    trainer = _trainer(discriminator_roi_size=[16, 16])
+    with pytest.raises(ValueError, match=r"discriminator_roi_size \[16, 16\] has 2 dimensions, the patches 3"):
+        trainer._iteration(trainer, _batch())
 
 
 def test_an_iteration_without_data_is_refused():

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, List
 
@@ -39,7 +40,9 @@ class SCGANDiscriminator(nn.Module):
     last element being the logits. Feature matching uses ``out[:-1]``, adversarial losses ``out[-1]``.
 
     Shapes: input ``(B, in_channels, *spatial)``; logits ``(B, out_channels, *ceil(spatial / prod(strides)))``. With
-    attention at level ``l`` every spatial size must reach at least 2 voxels there.
+    attention at level ``l`` every spatial size must reach at least ``attention_pool`` voxels there: ``min_size``
+    (``attention_pool × prod(strides[:l])`` for the deepest such level, 16 for both presets; 1 without attention) is a
+    size every dimension of the input may safely have.
 
     Args:
         spatial_dims: 2 or 3.
@@ -92,6 +95,8 @@ class SCGANDiscriminator(nn.Module):
         strides = as_tuple(strides, depth, "strides")
         kernels = as_tuple(kernel_size, depth, "kernel_size")
         self.spatial_dims = spatial_dims
+        deepest_attention = max(attention_levels, default=0)
+        self.min_size = attention_pool * math.prod(strides[:deepest_attention]) if deepest_attention else 1
 
         def conv(cin: int, cout: int, kernel: int, stride: int, bias: bool = False) -> nn.Module:
             layer = make_conv(
