@@ -6,11 +6,14 @@
    feature matching + L1 + brain RMSE, Adam) on 4 patches (``batch_size`` 2 × ``num_samples`` 2) at 32³ and 64³:
    seconds, GFLOP (``torch.utils.flop_counter``), achieved GFLOP/s, ratio to the measured peak, peak memory; fp32,
    bf16 autocast and channels-last. The same for the generator alone (3D U-Net mode) and for MONAI's ``UNet`` with
-   similar FLOPs, as a reference for how well the hardware runs a plain MONAI network.
+   similar FLOPs, as a reference for how well the hardware runs a plain MONAI network. And SC-GAN with the
+   discriminator on one random crop per iteration (``discriminator_roi_size``, default 32³), where the patch is
+   larger than the crop.
 
     python benchmarks/train_step.py                   # 32³ and 64³, ~5 min on 2 cores
     python benchmarks/train_step.py --sizes 32 --repeats 2
     python benchmarks/train_step.py --sizes 64 --profile generator_only    # where the time goes
+    python benchmarks/train_step.py --sizes 64 --discriminator-roi-size 32 --repeats 3
 
 Every case runs in a fresh process (its own peak memory). bf16 cases run only where bf16 is native (CUDA, or CPUs
 with AVX512-BF16/AMX); elsewhere the table says why and gives the measured bf16/fp32 conv ratio instead.
@@ -84,7 +87,9 @@ def _native_bf16() -> bool:
     return torch.cuda.is_available() or cpu_has_native_bf16()
 
 
-def step_case(model: str, size: int, precision: str, channels_last: bool, repeats: int) -> dict:
+def step_case(
+    model: str, size: int, precision: str, channels_last: bool, repeats: int, discriminator_roi_size: int | None = None
+) -> dict:
     import torch
     from monai.networks.nets import UNet
 
@@ -113,7 +118,16 @@ def step_case(model: str, size: int, precision: str, channels_last: bool, repeat
         "mask": torch.ones(4, 1, size, size, size),
     }
     trainer = ConditionalGanTrainer(
-        device, 1, [batch], generator, g_optimizer, discriminator, d_optimizer, lambda_fm=20.0, amp=False
+        device,
+        1,
+        [batch],
+        generator,
+        g_optimizer,
+        discriminator,
+        d_optimizer,
+        lambda_fm=20.0,
+        amp=False,
+        discriminator_roi_size=discriminator_roi_size,
     )
     if precision == "bf16":
         trainer.amp_dtype = torch.bfloat16
@@ -161,6 +175,9 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 64])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument(
+        "--discriminator-roi-size", type=int, default=32, help="crop D judges in the extra SC-GAN row (0: no row)"
+    )
     parser.add_argument("--profile", choices=["scgan", "generator_only", "monai_unet"], help="profile one step instead")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -186,8 +203,13 @@ def main() -> None:
     for size in args.sizes:
         variants = [("scgan", "fp32", False), ("scgan", "fp32", True), ("scgan", "bf16", False)]
         variants += [("generator_only", "fp32", False), ("monai_unet", "fp32", False)]
-        for model, precision, channels_last in variants:
+        roi = args.discriminator_roi_size if 0 < args.discriminator_roi_size < size else None
+        if roi:
+            variants += [("scgan", "fp32", False, roi)]
+        for model, precision, channels_last, *crop in variants:
             row = {"model": model, "size": size, "precision": precision, "channels_last": channels_last}
+            if crop:
+                row["discriminator_roi_size"] = crop[0]
             if precision == "bf16" and not native:
                 row["skipped"] = (
                     f"no native bf16 on this CPU: a bf16 conv runs at {bf16_conv_ratio:.3f}× the fp32 speed "
@@ -195,6 +217,7 @@ def main() -> None:
                 )
             else:
                 case = {"kind": "step", "model": model, "size": size, "precision": precision}
+                case.update({"discriminator_roi_size": crop[0]} if crop else {})
                 row.update(run_child(script, {**case, "channels_last": channels_last}, args.threads))
                 row["ratio_to_peak"] = row["gflop_per_s"] / peak
             rows.append(row)
@@ -210,6 +233,8 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if "discriminator_roi_size" in r:
+            r = {**r, "model": f"{r['model']} (D on a {r['discriminator_roi_size']}³ crop)"}
         if "skipped" in r:
             print(
                 f"| {r['model']} | {r['size']}³ | {r['precision']} | {r['channels_last']} | not run: {r['skipped']} |"
@@ -220,8 +245,15 @@ def main() -> None:
             f"{r['gflop']:.1f} | {r['gflop_per_s']:.1f} | {100 * r['ratio_to_peak']:.0f} % | {r['peak_mb']:.0f} |"
         )
     default = {
-        r["size"]: r for r in rows if r["model"] == "scgan" and r["precision"] == "fp32" and not r["channels_last"]
+        r["size"]: r
+        for r in rows
+        if r["model"] == "scgan"
+        and r["precision"] == "fp32"
+        and not r["channels_last"]
+        and "discriminator_roi_size" not in r
     }
+    cropped = {r["size"]: r for r in rows if "discriminator_roi_size" in r}
+    generator_only = {r["size"]: r for r in rows if r["model"] == "generator_only"}
     summary = {
         "benchmark": "train_step",
         **machine(),
@@ -230,6 +262,10 @@ def main() -> None:
         "peak_gflop_per_s": {d: round(p["peak_gflop_per_s"], 2) for d, p in peaks.items()},
         "bf16_over_fp32_conv_speed": round(bf16_conv_ratio, 4),
         "default_step_ratio_to_peak": {s: round(r["ratio_to_peak"], 3) for s, r in default.items()},
+        "d_crop_step_over_default": {s: round(r["seconds"] / default[s]["seconds"], 3) for s, r in cropped.items()},
+        "generator_only_step_over_default": {
+            s: round(r["seconds"] / default[s]["seconds"], 3) for s, r in generator_only.items()
+        },
         "target_ratio_to_peak": 0.7,
         "rows": rows,
     }
