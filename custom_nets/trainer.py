@@ -12,7 +12,6 @@ import torch
 from monai.engines import Trainer
 from monai.engines.utils import IterationEvents, default_metric_cmp_fn
 from monai.losses import PatchAdversarialLoss
-from monai.networks.layers import GaussianFilter
 from monai.utils import CommonKeys
 from torch import nn
 
@@ -94,8 +93,7 @@ class ConditionalGanTrainer(Trainer):
        fake, averaged (D always runs in fp32: a PatchGAN under bf16 went NaN in a prototype). With ``instance_noise``
        σ > 0 every target D sees, real or synthesised, gets fresh Gaussian noise of standard deviation σ. With a
        ``discriminator_roi_size``, D sees one random crop of that size of every pair in this iteration (the same
-       location for the real and the synthesised pair, so that feature matching compares aligned features). With a
-       ``discriminator_blur_sigma`` every target D sees, real or synthesised, is first smoothed by that Gaussian.
+       location for the real and the synthesised pair, so that feature matching compares aligned features).
     3. Train G: ``λ_adv·adv(D(cat[x, fake]))`` + ``λ_fm·L1(D features on the fake pair, on the real pair)`` +
        ``λ_l1·L1(fake, y)`` + ``λ_rmse·RMSE inside m`` (the paper's code: λ_l1 = λ_rmse = 200), and with a
        ``distillation`` (``custom_nets.distillation.GeneratorDistillation``) ``λ_distill_output·L1(fake, teacher(x))``
@@ -128,14 +126,6 @@ class ConditionalGanTrainer(Trainer):
             generator's output is HA-GAN's (Sun et al., "Hierarchical amortized GAN for 3D high resolution medical
             image synthesis", IEEE JBHI 26(8), 2022). Every size must be at least D's ``min_size`` (16 for the
             bundle's presets, whose attention needs 2 voxels after three stride-2 levels).
-        discriminator_blur_sigma: standard deviation, in voxels, of a Gaussian (MONAI ``GaussianFilter``, zero padded)
-            applied to the target channels of every pair D sees, real and synthesised, before ``instance_noise``; 0
-            (default) applies none. The synthesis that minimises the L1/RMSE terms is the conditional mean of the
-            target, which lacks the target's voxel-wise measurement noise; a D that sees that noise tells the pairs
-            apart by it and pulls G towards unpredictable texture, which raises the error (FA, bundle/docs/tuning.md).
-            A blur of about one voxel removes most white noise (σ 1 keeps 14 % of its standard deviation in 3D) and
-            keeps anatomy at the scale D judges. StyleGAN3 (Karras et al., NeurIPS 2021) blurs D's inputs early in
-            training for a related reason.
         g_network_ema: a copy of the generator (``averaged_copy``) that keeps an exponential moving average of its
             weights after every generator step (Karras et al., "Progressive growing of GANs", ICLR 2018; Yazıcı et
             al., "The unusual effectiveness of averaging in GAN training", ICLR 2019): validate and deploy this one.
@@ -170,7 +160,6 @@ class ConditionalGanTrainer(Trainer):
         d_steps: int = 1,
         instance_noise: float = 0.0,
         discriminator_roi_size: Sequence[int] | int | None = None,
-        discriminator_blur_sigma: float = 0.0,
         g_network_ema: nn.Module | None = None,
         ema_decay: float = 0.999,
         distillation: nn.Module | None = None,
@@ -198,11 +187,6 @@ class ConditionalGanTrainer(Trainer):
         if not math.isfinite(instance_noise) or instance_noise < 0:
             raise ValueError(f"instance_noise must be a finite non-negative standard deviation, got {instance_noise}.")
         _check_roi_size(discriminator_roi_size, d_network)
-        if not math.isfinite(discriminator_blur_sigma) or discriminator_blur_sigma < 0:
-            raise ValueError(
-                f"discriminator_blur_sigma must be a finite non-negative standard deviation in voxels, got "
-                f"{discriminator_blur_sigma}."
-            )
         for name, value in (
             ("lambda_adv", lambda_adv),
             ("lambda_fm", lambda_fm),
@@ -248,8 +232,6 @@ class ConditionalGanTrainer(Trainer):
         self.d_steps = d_steps
         self.instance_noise = float(instance_noise)
         self.discriminator_roi_size = discriminator_roi_size
-        self.discriminator_blur_sigma = float(discriminator_blur_sigma)
-        self._discriminator_blur: dict[int, nn.Module] = {}  # one GaussianFilter per spatial dimensionality
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be within [0, 1), got {ema_decay}.")
         self.g_network_ema, self.ema_decay = g_network_ema, ema_decay
@@ -299,13 +281,7 @@ class ConditionalGanTrainer(Trainer):
             buffers[name].copy_(buffer)
 
     def _pair(self, condition: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The pair D sees, ``cat[condition, target]`` on channels, the target smoothed by ``discriminator_blur_sigma``
-        and then with fresh ``instance_noise``."""
-        if self.discriminator_blur_sigma > 0:
-            dims = target.ndim - 2
-            if dims not in self._discriminator_blur:
-                self._discriminator_blur[dims] = GaussianFilter(dims, self.discriminator_blur_sigma).to(target.device)
-            target = self._discriminator_blur[dims](target)
+        """The pair D sees, ``cat[condition, target]`` on channels, the target with fresh ``instance_noise``."""
         if self.instance_noise > 0:
             target = target + self.instance_noise * torch.randn_like(target)
         return torch.cat((condition, target), dim=1)

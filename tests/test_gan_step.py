@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from monai.networks.layers import GaussianFilter
 
 from custom_nets import build_discriminator, build_generator
 from custom_nets.losses import MaskedRMSELoss
@@ -93,12 +92,6 @@ def test_discriminator_and_optimizer_come_together():
         ("ema_decay", 1.0, r"ema_decay must be within \[0, 1\)"),
         ("instance_noise", -0.1, "instance_noise must be a finite non-negative standard deviation, got -0.1"),
         ("instance_noise", float("nan"), "instance_noise must be a finite non-negative standard deviation, got nan"),
-        ("discriminator_blur_sigma", -1.0, "discriminator_blur_sigma must be a finite non-negative .*, got -1.0"),
-        (
-            "discriminator_blur_sigma",
-            float("inf"),
-            "discriminator_blur_sigma must be a finite non-negative .*, got inf",
-        ),
         ("discriminator_roi_size", 0, "discriminator_roi_size must be a positive int or a sequence of them, got 0"),
         ("discriminator_roi_size", [8, -1, 8], r"discriminator_roi_size must be .*, got \[8, -1, 8\]"),
         ("discriminator_roi_size", [], r"discriminator_roi_size must be .*, got \[\]"),
@@ -198,20 +191,6 @@ def test_discriminator_crop_of_other_dimensionality_is_named():
     trainer = _trainer(discriminator_roi_size=[16, 16])
     with pytest.raises(ValueError, match=r"discriminator_roi_size \[16, 16\] has 2 dimensions, the patches 3"):
         trainer._iteration(trainer, _batch())
-
-
-@pytest.mark.parametrize("sigma", [0.0, 1.0])
-def test_discriminator_blur_smooths_only_the_targets_d_sees(sigma):
-    trainer = _trainer(discriminator_blur_sigma=sigma)
-    batch = _batch()
-    pairs = _pairs_seen_by_d(trainer)
-    expected = GaussianFilter(3, sigma)(batch["label"]) if sigma else batch["label"]
-    for real in (pairs[0], pairs[3]):
-        assert torch.equal(real[:, :2], batch["image"])
-        assert torch.allclose(real[:, 2:], expected, atol=1e-6)
-    if sigma:  # white noise loses most of its spread: what D may still use to tell the pairs apart
-        noise = torch.randn(1, 1, 32, 32, 32)
-        assert float(trainer._pair(noise, noise)[:, 1:, 8:-8, 8:-8, 8:-8].std()) < 0.2 * float(noise.std())
 
 
 def test_an_iteration_without_data_is_refused():
