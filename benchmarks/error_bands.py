@@ -1,0 +1,100 @@
+# Copyright (c) the SC-GAN bundle contributors. Licensed under the Apache License, Version 2.0.
+"""Where a synthesis' error lies: its smooth part and its high-frequency part, inside the brain, per model.
+
+Each volume ``v`` is split into ``smooth(v)`` = a Gaussian of σ ``--sigma`` voxels (MONAI ``GaussianFilter``) and
+``v − smooth(v)``, the high-frequency (HF) band, where voxel-wise measurement noise lives. For every model and test
+subject it reports, inside the brain mask and in the target's units:
+
+- HF spread: standard deviation of the synthesis' HF band, beside the target's and the noise-free target's (a
+  synthesis with the target's spread reproduces its noise; one with the noise-free target's does not);
+- HF error and smooth error: RMS of the two bands of ``synthesis − target`` (their squares add up to about the MSE).
+
+A model that loses on the HF error copies texture it cannot predict; one that loses on the smooth error fits the
+anatomy's contrast less well. Run it on the folders written by ``benchmarks/paper_table.py`` or ``recipe.py``:
+
+    python benchmarks/error_bands.py --task fa --data data/benchmark \\
+        unet3d=bundle/eval/paper/standard_15min_seed0_selected/fa/unet3d scgan=.../fa/scgan
+
+Each ``name=folder`` needs ``folder/predictions/<subject>_<task>.nii.gz`` (searched recursively). Prints a markdown
+table (means over the test subjects) and one JSON line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.networks.layers import GaussianFilter
+
+
+def bands(volume: np.ndarray, blur: GaussianFilter) -> tuple[np.ndarray, np.ndarray]:
+    """(smooth, high-frequency) parts of a 3D ``volume``."""
+    smooth = blur(torch.as_tensor(volume, dtype=torch.float32)[None, None])[0, 0].numpy()
+    return smooth, volume - smooth
+
+
+def _prediction(folder: Path, subject: str, task: str) -> Path:
+    found = sorted(folder.rglob(f"{subject}_{task}.nii.gz"))
+    if not found:
+        raise FileNotFoundError(f"{folder}: no prediction {subject}_{task}.nii.gz under it (a paper_table/recipe run?)")
+    return found[0]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", help="name=folder with predictions/")
+    parser.add_argument("--task", required=True, help="target key of the datalist, e.g. fa")
+    parser.add_argument("--data", default="data/benchmark", help="dataset folder with datalist.json")
+    parser.add_argument("--sigma", type=float, default=1.0, help="Gaussian σ in voxels separating the bands")
+    args = parser.parse_args()
+    data = Path(args.data)
+    datalist = json.loads((data / "datalist.json").read_text())
+    runs = {}
+    for item in args.runs:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not Path(folder).is_dir():
+            raise SystemExit(f"{item!r}: expected NAME=FOLDER with an existing folder")
+        runs[name] = Path(folder)
+    noisefree_key = f"{args.task}_noisefree"
+    blur = GaussianFilter(3, args.sigma)
+    names = ["target"] + (["noise-free target"] if noisefree_key in datalist["test"][0] else []) + list(runs)
+    scores: dict[str, dict[str, list[float]]] = {
+        n: {"hf_spread": [], "hf_error": [], "smooth_error": []} for n in names
+    }
+    for entry in datalist["test"]:
+        mask = nib.load(data / entry["mask"]).get_fdata() > 0.5
+        target = nib.load(data / entry[args.task]).get_fdata()
+        volumes = {"target": target}
+        if "noise-free target" in names:
+            volumes["noise-free target"] = nib.load(data / entry[noisefree_key]).get_fdata()
+        for name, folder in runs.items():
+            volumes[name] = np.squeeze(nib.load(_prediction(folder, entry["subject"], args.task)).get_fdata())
+        for name, volume in volumes.items():
+            scores[name]["hf_spread"].append(float(bands(volume, blur)[1][mask].std()))
+            smooth_error, hf_error = bands(volume - target, blur)
+            scores[name]["hf_error"].append(float(np.sqrt(np.mean(hf_error[mask] ** 2))))
+            scores[name]["smooth_error"].append(float(np.sqrt(np.mean(smooth_error[mask] ** 2))))
+    means = {n: {k: float(np.mean(v)) for k, v in s.items()} for n, s in scores.items()}
+    print(f"| {args.task} (σ {args.sigma} voxel) | HF spread | HF error | smooth error |")
+    print("|---|---|---|---|")
+    for name, m in means.items():
+        print(f"| {name} | {m['hf_spread']:.4f} | {m['hf_error']:.4f} | {m['smooth_error']:.4f} |")
+    print(
+        json.dumps(
+            {
+                "benchmark": "error_bands",
+                "task": args.task,
+                "sigma": args.sigma,
+                "subjects": len(datalist["test"]),
+                "means": means,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
