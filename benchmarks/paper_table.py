@@ -13,6 +13,8 @@ writes ``bundle/docs/results.md`` and one figure per task.
     python benchmarks/paper_table.py --mode full      # every model on every task, 2000 iterations each
     python benchmarks/paper_table.py --mode standard --tasks pet --no-ablations \
         --override generator_preset=student --docs /tmp/narrow   # every model with another shared setting
+    python benchmarks/paper_table.py --mode standard --minutes 15 --tasks fa --no-ablations --model-selection \
+        --interleaved-cost    # equal compute from per-iteration costs measured together: immune to speed drift
 
 Finished runs with the same settings are reused (delete ``bundle/eval/paper_table`` to start over). Prints a table
 per task and one JSON line.
@@ -80,6 +82,12 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         help="select each model's checkpoint on the validation subjects, as the bundle's default command does",
     )
     parser.add_argument(
+        "--interleaved-cost",
+        action="store_true",
+        help="equal compute without drift: each model trains for the iterations the minutes allow at its cost per "
+        "iteration, measured with all models interleaved in one process before training",
+    )
+    parser.add_argument(
         "--override", action="append", default=[], metavar="ID=JSON", help="a config id set for every model's run"
     )
     args = parser.parse_args(argv)
@@ -87,6 +95,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
         args.overrides = parse_overrides(args.override)
     except ValueError as error:
         parser.error(str(error))
+    if args.interleaved_cost and args.iterations:
+        parser.error("--interleaved-cost turns a budget in minutes into iterations: give --minutes, not --iterations")
     unknown = [t for t in args.tasks if t not in PAPER_GAIN_OVER_2D_CGAN]
     if unknown:
         parser.error(f"--tasks: {unknown} not among {sorted(PAPER_GAIN_OVER_2D_CGAN)}")
@@ -114,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     shared = "".join(
         re.sub(r"[^A-Za-z0-9.-]+", "-", f"_{key.replace('#', '.')}-{value}") for key, value in args.overrides.items()
     )
-    selected = "_selected" if args.model_selection else ""
+    selected = ("_selected" if args.model_selection else "") + ("_interleaved" if args.interleaved_cost else "")
     out = Path(args.out).absolute() / f"{args.mode}_{size}_seed{settings['seed']}{selected}{shared}"
     docs = Path(args.docs).absolute()
 
@@ -133,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
             oracle=True,
             overrides=args.overrides,
             model_selection=args.model_selection,
+            interleaved_cost=args.interleaved_cost,
         )
         rows = entry["rows"]
         shown = {"intensity_lookup": "lookup table", **{m: MODEL_LABELS[m].split(" (")[0] for m in COMPARISON_MODELS}}
@@ -225,12 +236,24 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         command += " --no-ablations"
     if args.model_selection:
         command += " --model-selection"
+    if args.interleaved_cost:
+        command += " --interleaved-cost"
     command += "".join(f" --override {item}" for item in args.override)
-    if settings["minutes"] > 0:
-        iterations = {
-            MODEL_LABELS[m]: row["run"]["iterations"]
-            for m, row in next(iter(report["tasks"].values()))["models"].items()
+    first_models = next(iter(report["tasks"].values()))["models"]
+    if settings["minutes"] > 0 and args.interleaved_cost:
+        costs = {
+            MODEL_LABELS[m]: f"{row['run']['iterations']} ({row['run']['interleaved_seconds_per_iteration']:.3f} s)"
+            for m, row in first_models.items()
         }
+        budget = (
+            f"the iterations {settings['minutes']:g} min allow each model at its own cost per iteration, measured "
+            "with all models' iterations interleaved in one process before training, so that a drift of the "
+            "machine's speed between runs cannot favour one (equal compute; iterations and measured cost on "
+            f"{next(iter(report['tasks'])).upper()}: " + ", ".join(f"{k} {v}" for k, v in costs.items()) + "), "
+            f"`train.json`'s patches and batches ({_train_json_batch()})"
+        )
+    elif settings["minutes"] > 0:
+        iterations = {MODEL_LABELS[m]: row["run"]["iterations"] for m, row in first_models.items()}
         budget = (
             f"{settings['minutes']:g} min of training on this machine each (equal wall clock; iterations reached on "
             f"{next(iter(report['tasks'])).upper()}: " + ", ".join(f"{k} {v}" for k, v in iterations.items()) + "), "
@@ -254,7 +277,12 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         + (
             f"Each model's checkpoint is selected on the {len(content['validation'])} validation subjects as the "
             "bundle's default command does (validation every `epoch_length` iterations, the best brain-masked "
-            "validation score kept; validation time counts against the budget)."
+            "validation score kept; "
+            + (
+                "validation time is not part of the budget)."
+                if args.interleaved_cost
+                else "validation time counts against the budget)."
+            )
             if args.model_selection
             else "Validation subjects are not used: every model is scored with its final weights."
         ),

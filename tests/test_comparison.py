@@ -15,9 +15,11 @@ from conftest import TINY
 import custom_nets.datasets.templates as realdata
 from custom_nets.evaluation.comparison import markdown_table
 from custom_nets.evaluation.figures import comparison_figure
+import custom_nets.evaluation.pipeline as pipeline
 from custom_nets.evaluation.pipeline import (
     RunSettings,
     compare,
+    interleaved_iteration_seconds,
     machine_speed_probe,
     model_overlays,
     run_baselines,
@@ -59,6 +61,55 @@ def test_equal_budget_runs_are_scored_and_reused(data_dir, tmp_path):
         "FA",
     )
     assert figure.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_interleaved_costs_time_every_model_on_the_same_batch(data_dir, tmp_path):
+    settings = RunSettings(minutes=1, patch_size=16, batch_size=1, num_samples=1)
+    costs = interleaved_iteration_seconds(
+        BUNDLE, "fa", ["unet3d", "scgan"], data_dir / "datalist.json", tmp_path, settings, TINY_RUN, rounds=2
+    )
+    assert set(costs) == {"unet3d", "scgan"} and all(0 < value < 60 for value in costs.values())
+    assert [p.name for p in (tmp_path / "models").iterdir()] == ["prior_fa.json"]  # the fitted prior, no weights
+    assert not list(tmp_path.rglob("*.pt"))
+    with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
+        interleaved_iteration_seconds(BUNDLE, "fa", ["scgan"], data_dir / "datalist.json", tmp_path, settings, rounds=0)
+
+
+def test_interleaved_cost_turns_the_minutes_into_each_models_iterations(tmp_path, monkeypatch):
+    measured, trained = [], {}
+
+    def measure(bundle, task, models, datalist, work_dir, settings, overrides=None, rounds=6):
+        measured.append(list(models))
+        return {"unet3d": 0.5, "scgan": 2.0}
+
+    def train(bundle, task, overlays, datalist, out_dir, settings, **kwargs):
+        trained[Path(out_dir).name] = dict(settings)
+        return {"predictions": str(out_dir), "seconds_per_iteration": 1.0}
+
+    monkeypatch.setattr(pipeline, "interleaved_iteration_seconds", measure)
+    monkeypatch.setattr(pipeline, "train_and_infer", train)
+    monkeypatch.setattr(pipeline, "evaluate_predictions", lambda *a, **k: {"summary": {"nrmse": {"mean": 0.1}}})
+    settings = RunSettings(minutes=0.1, patch_size=16)
+    run = lambda: pipeline.run_models(  # noqa: E731
+        BUNDLE,
+        "fa",
+        ["unet3d", "scgan"],
+        "datalist.json",
+        tmp_path,
+        settings,
+        log=lambda *_: None,
+        interleaved_cost=True,
+    )
+    results = run()
+    assert {m: s["iterations"] for m, s in trained.items()} == {"unet3d": 12, "scgan": 3}  # 6 s / cost
+    assert all(s["minutes"] == 0 and s["patch_size"] == 16 for s in trained.values())
+    assert results["scgan"]["run"]["interleaved_seconds_per_iteration"] == 2.0
+    run()
+    assert measured == [["unet3d", "scgan"]]  # the recorded costs are reused for the same models and settings
+    with pytest.raises(ValueError, match="give minutes > 0"):
+        pipeline.run_models(
+            BUNDLE, "fa", ["scgan"], "d.json", tmp_path, RunSettings(iterations=3), interleaved_cost=True
+        )
 
 
 def test_machine_speed_probe_times_a_fixed_workload():

@@ -9,7 +9,9 @@ The configs are the only place that knows tasks and models: task settings are re
 are saved by the config's ``FinalWeightsSaver`` handler (``final_weights_file``).
 
 Every model of a comparison gets the same budget: either the same wall-clock minutes on the same machine (equal
-compute; the iterations each model reached are recorded) or the same iterations, and the same patch size, patches per
+compute; the iterations each model reached are recorded), or the iterations those minutes allow at each model's cost
+per iteration measured with the models interleaved in one process (``interleaved_cost``: equal compute that a drift
+of the machine's speed between runs cannot bias), or the same iterations, and the same patch size, patches per
 iteration, seed and learning-rate schedule (a cosine over the budget); without ``model_selection`` there is no model
 selection on validation data (the final weights are used), so that the only difference between runs is the model
 overlay.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import shutil
 import statistics
 import time
@@ -37,6 +40,7 @@ __all__ = [
     "model_overlays",
     "train_and_infer",
     "machine_speed_probe",
+    "interleaved_iteration_seconds",
     "run_models",
     "run_baselines",
     "run_oracle",
@@ -183,8 +187,9 @@ def train_and_infer(
 
     Without ``model_selection`` no validation runs and the final weights are scored (saved by the config's
     ``FinalWeightsSaver``). With it the run validates as the bundle's default command does (every ``val_interval``
-    epochs of ``epoch_length`` iterations) and synthesises with the best validation checkpoint (the final weights when
-    the budget ended before the first validation). Checkpoints go to ``<outputs_root>/models`` (default:
+    epochs of ``epoch_length`` iterations; an iteration budget is cut into epochs of about ``train.json``'s
+    ``epoch_length``) and synthesises with the best validation checkpoint (the final weights when the budget ended
+    before the first validation). Checkpoints go to ``<outputs_root>/models`` (default:
     ``out_dir``; the demo gives the bundle folder, so the user's trained model is where ``inference.json`` looks).
 
     Returns (and writes to ``out_dir/run.json``) the settings, the iterations run, the training seconds and seconds
@@ -221,14 +226,17 @@ def train_and_infer(
     if settings["minutes"] > 0:
         # the time budget ends the run (epochs of train.json's epoch_length); the cosine follows the elapsed fraction
         budget = {"epochs": 10**6, "time_budget_minutes": settings["minutes"]}
+    elif model_selection:  # validate every epoch_length iterations of train.json, as a time-budget run does
+        per_epoch = int(json.loads((configs / "train.json").read_text(encoding="utf-8"))["epoch_length"])
+        epochs = max(1, round(settings["iterations"] / per_epoch))
+        budget = {
+            "epochs": epochs,
+            "epoch_length": math.ceil(settings["iterations"] / epochs),
+            "time_budget_minutes": 0,
+        }
     else:
         budget = {"epochs": 1, "epoch_length": settings["iterations"], "time_budget_minutes": 0}
-    common = {"bundle_root": str(outputs_root), "datalist": str(datalist), "dataset_dir": str(datalist.parent)}
-    if settings["patch_size"] is not None:
-        common["patch_size"] = [settings["patch_size"]] * 3
-    if settings["sw_overlap"] is not None:
-        common["sw_overlap"] = settings["sw_overlap"]
-    batch = {k: settings[k] for k in ("batch_size", "num_samples") if settings[k] is not None}
+    common, batch = _budget_overrides(settings, datalist, outputs_root)
     # the final weights: what a fixed-budget run scores, and the model of a run that ended before its first validation
     final_weights = out_dir / "final_weights.pt"
     final_weights.unlink(missing_ok=True)
@@ -294,6 +302,82 @@ def train_and_infer(
     return record
 
 
+def _budget_overrides(settings: RunSettings, datalist: Path, bundle_root: Path) -> tuple[dict, dict]:
+    """(overrides every run of ``settings`` shares: paths, patch size, overlap; its batch ids)."""
+    common = {"bundle_root": str(bundle_root), "datalist": str(datalist), "dataset_dir": str(datalist.parent)}
+    if settings["patch_size"] is not None:
+        common["patch_size"] = [settings["patch_size"]] * 3
+    if settings["sw_overlap"] is not None:
+        common["sw_overlap"] = settings["sw_overlap"]
+    batch = {k: settings[k] for k in ("batch_size", "num_samples") if settings[k] is not None}
+    return common, batch
+
+
+def interleaved_iteration_seconds(
+    bundle: str | Path,
+    task: str,
+    models: Sequence[str],
+    datalist: str | Path,
+    work_dir: str | Path,
+    settings: RunSettings,
+    overrides: dict | None = None,
+    rounds: int = 6,
+) -> dict[str, float]:
+    """Seconds per training iteration of each of ``models``, measured in one process with their iterations interleaved.
+
+    Every model's trainer is built from ``train.json`` + the task overlay + its model overlay with ``settings``' patch
+    and batch sizes and ``overrides``, exactly as ``train_and_infer`` builds it; all of them then train on one batch of
+    the training split, round after round, one iteration of each model per round (a first round to warm up, then
+    ``rounds``), and each model's cost is the median of its rounds. A drift of the machine's speed during the
+    measurement reaches every model alike, so the ratios hold even where runs made one after another would not (the
+    probe of ``machine_speed_probe`` varied 3× within one hour, ``bundle/docs/tuning.md``). Validation is not included:
+    it costs every model the same. ``work_dir`` receives the fitted per-voxel prior and the configs' log folders, no weights.
+
+    Returns:
+        ``{model: seconds per iteration}``.
+
+    Raises:
+        ValueError: ``rounds`` below 1, an unknown model or task.
+    """
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}.")
+    datalist, work_dir = Path(datalist).absolute(), Path(work_dir).absolute()
+    common, batch_ids = _budget_overrides(settings, datalist, work_dir)
+    trainers, workflows, batch = {}, [], None
+    for model in models:
+        workflow = bundle_workflow(
+            bundle,
+            "train.json",
+            [_task_overlay(bundle, task)] + model_overlays(bundle, model),
+            **{
+                "epochs": 1,
+                "epoch_length": 1,
+                "time_budget_minutes": 0,
+                "cache_rate": 0.0,  # one batch is drawn: no need to load every training subject
+                "seed": settings["seed"],
+                "progress_bar": False,
+                **batch_ids,
+                **common,
+                **(overrides or {}),
+            },
+        )
+        workflow.initialize()
+        workflows.append(workflow)
+        trainers[model] = workflow.parser.get_parsed_content("train#trainer")
+        if batch is None:  # the same patches for every model (one task, one preprocessing)
+            batch = next(iter(trainers[model].data_loader))
+    seconds: dict[str, list[float]] = {model: [] for model in models}
+    for round_index in range(rounds + 1):
+        for model, trainer in trainers.items():
+            start = time.perf_counter()
+            trainer._iteration(trainer, batch)
+            if round_index:  # round 0 warms up (allocations, kernel selection)
+                seconds[model].append(time.perf_counter() - start)
+    for workflow in workflows:
+        workflow.finalize()
+    return {model: float(statistics.median(values)) for model, values in seconds.items()}
+
+
 def run_models(
     bundle: str | Path,
     task: str,
@@ -306,14 +390,39 @@ def run_models(
     overrides: dict | None = None,
     model_selection: bool = False,
     log: Callable[[str], None] = print,
+    interleaved_cost: bool = False,
 ) -> dict[str, dict]:
     """Train and score each model (``model_overlays``; ``overrides``: config ids for every run) in
-    ``out_dir/<model>``; returns ``{model: {"run": run record, "scores": evaluate_predictions result}}``."""
+    ``out_dir/<model>``; returns ``{model: {"run": run record, "scores": evaluate_predictions result}}``.
+
+    With ``interleaved_cost`` and a budget in minutes, each model trains for ``round(minutes × 60 / cost)``
+    iterations instead, its cost per iteration measured by ``interleaved_iteration_seconds`` (written to
+    ``out_dir/iteration_costs.json`` and reused while the models, settings and overrides are the same); every run
+    record then holds ``interleaved_seconds_per_iteration``.
+
+    Raises:
+        ValueError: ``interleaved_cost`` without a budget in minutes.
+    """
     target_key = task_settings(bundle, task)["target_key"]
     out_dir = Path(out_dir)
+    budgets = {model: settings for model in models}
+    costs: dict[str, float] = {}
+    if interleaved_cost:
+        if not settings.get("minutes"):
+            raise ValueError("interleaved_cost converts a budget in minutes into iterations: give minutes > 0.")
+        costs = _interleaved_costs(bundle, task, models, datalist, out_dir, settings, overrides, log)
+        shared = {k: v for k, v in settings.items() if k not in ("iterations", "minutes")}
+        budgets = {
+            m: RunSettings(iterations=max(1, round(settings["minutes"] * 60 / costs[m])), **shared) for m in models
+        }
     results = {}
     for model in models:
-        budget = f"{settings['minutes']:g} min" if settings.get("minutes") else f"{settings['iterations']} iterations"
+        run_settings = budgets[model]
+        budget = (
+            f"{run_settings['minutes']:g} min"
+            if run_settings["minutes"]
+            else f"{run_settings['iterations']} iterations"
+        )
         log(f"[{task}] training {model} for {budget}")
         run = train_and_infer(
             bundle,
@@ -321,7 +430,7 @@ def run_models(
             model_overlays(bundle, model),
             datalist,
             out_dir / model,
-            settings,
+            run_settings,
             split=split,
             overrides=overrides,
             model_selection=model_selection,
@@ -329,12 +438,42 @@ def run_models(
         scores = evaluate_predictions(
             run["predictions"], datalist, target_key, split, out_dir / model / "scores", model, score_mask_key
         )
+        if costs:
+            run = {**run, "interleaved_seconds_per_iteration": costs[model]}
         log(
             f"[{task}] {model}: NRMSE {scores['summary']['nrmse']['mean']:.4f}, "
             f"{run['seconds_per_iteration']:.2f} s/iteration"
         )
         results[model] = {"run": run, "scores": scores}
     return results
+
+
+def _interleaved_costs(
+    bundle: str | Path,
+    task: str,
+    models: Sequence[str],
+    datalist: str | Path,
+    out_dir: Path,
+    settings: RunSettings,
+    overrides: dict | None,
+    log: Callable[[str], None],
+) -> dict[str, float]:
+    """``interleaved_iteration_seconds`` of ``models``, kept in ``out_dir/iteration_costs.json`` for reruns."""
+    record_path = out_dir / "iteration_costs.json"
+    identity = {"task": task, "models": list(models), **settings, **(overrides or {})}
+    if record_path.is_file():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if record.get("identity") == identity:
+            return record["seconds_per_iteration"]
+    log(f"[{task}] measuring the cost per iteration of {', '.join(models)}, interleaved")
+    costs = interleaved_iteration_seconds(
+        bundle, task, models, datalist, out_dir / "iteration_costs", settings, overrides
+    )
+    atomic_write_json(
+        record_path,
+        {"identity": identity, "seconds_per_iteration": costs, "probe_seconds": machine_speed_probe()},
+    )
+    return costs
 
 
 def run_baselines(
@@ -383,6 +522,7 @@ def compare(
     overrides: dict | None = None,
     model_selection: bool = False,
     log: Callable[[str], None] = print,
+    interleaved_cost: bool = False,
 ) -> dict:
     """One task's comparison: the oracle (with ``oracle``; synthetic data only), the baselines and the learned
     ``models``, each scored on ``split``, in ``out_dir/{oracle,baselines,<model>}``.
@@ -399,7 +539,18 @@ def compare(
         run_baselines(datalist, out_dir / "baselines", target_key, result["input_keys"], split, score_mask_key)
     )
     learned = run_models(
-        bundle, task, models, datalist, out_dir, settings, split, score_mask_key, overrides, model_selection, log
+        bundle,
+        task,
+        models,
+        datalist,
+        out_dir,
+        settings,
+        split,
+        score_mask_key,
+        overrides,
+        model_selection,
+        log,
+        interleaved_cost,
     )
     for model, row in learned.items():
         row["predictions"] = row["run"]["predictions"]
