@@ -13,9 +13,9 @@ import pytest
 from conftest import TINY
 
 import custom_nets.datasets.templates as realdata
+import custom_nets.evaluation.pipeline as pipeline
 from custom_nets.evaluation.comparison import markdown_table
 from custom_nets.evaluation.figures import comparison_figure
-import custom_nets.evaluation.pipeline as pipeline
 from custom_nets.evaluation.pipeline import (
     RunSettings,
     compare,

@@ -331,7 +331,8 @@ def interleaved_iteration_seconds(
     ``rounds``), and each model's cost is the median of its rounds. A drift of the machine's speed during the
     measurement reaches every model alike, so the ratios hold even where runs made one after another would not (the
     probe of ``machine_speed_probe`` varied 3× within one hour, ``bundle/docs/tuning.md``). Validation is not included:
-    it costs every model the same. ``work_dir`` receives the fitted per-voxel prior and the configs' log folders, no weights.
+    it costs every model the same. ``work_dir`` receives the fitted per-voxel prior and the configs' log folders, no
+    weights.
 
     Returns:
         ``{model: seconds per iteration}``.
