@@ -203,10 +203,11 @@ def _summary(report: dict, args: argparse.Namespace, seconds: float) -> dict:
     }
 
 
-def _train_json_batch() -> str:
-    """'64³, 1 subject × 2 patches': train.json's patch and batch, the equal-wall-clock runs' own."""
-    train = json.loads((BUNDLE / "configs" / "train.json").read_text(encoding="utf-8"))
-    size = train["patch_size"]
+def _train_json_batch(overrides: dict) -> str:
+    """'64³, 1 subject × 2 patches': train.json's patch and batch as ``overrides`` (``--override``) leave them, the
+    equal-wall-clock runs' own."""
+    train = {**json.loads((BUNDLE / "configs" / "train.json").read_text(encoding="utf-8")), **overrides}
+    size = train["patch_size"] if isinstance(train["patch_size"], (list, tuple)) else [train["patch_size"]] * 3
     patch = f"{size[0]}³" if len(set(size)) == 1 else "×".join(map(str, size))
     subjects = train["batch_size"]
     return f"{patch}, {subjects} subject{'s' if subjects > 1 else ''} × {train['num_samples']} patches"
@@ -250,14 +251,14 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
             "with all models' iterations interleaved in one process before training, so that a drift of the "
             "machine's speed between runs cannot favour one (equal compute; iterations and measured cost on "
             f"{next(iter(report['tasks'])).upper()}: " + ", ".join(f"{k} {v}" for k, v in costs.items()) + "), "
-            f"`train.json`'s patches and batches ({_train_json_batch()})"
+            f"`train.json`'s patches and batches ({_train_json_batch(args.overrides)})"
         )
     elif settings["minutes"] > 0:
         iterations = {MODEL_LABELS[m]: row["run"]["iterations"] for m, row in first_models.items()}
         budget = (
             f"{settings['minutes']:g} min of training on this machine each (equal wall clock; iterations reached on "
             f"{next(iter(report['tasks'])).upper()}: " + ", ".join(f"{k} {v}" for k, v in iterations.items()) + "), "
-            f"`train.json`'s patches and batches ({_train_json_batch()})"
+            f"`train.json`'s patches and batches ({_train_json_batch(args.overrides)})"
         )
     else:
         budget = (

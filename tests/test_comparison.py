@@ -193,3 +193,29 @@ def test_table_of_the_oracle_alone_has_no_best_row():
     summary = {m: {"mean": 0.1, "std": float("nan")} for m in ("nrmse", "psnr", "ssim", "rmse")}
     table = markdown_table({"oracle": {"scores": {"summary": summary}}}, {"oracle": "oracle"})
     assert len(table) == 3 and "**" not in table[2]
+
+
+def _paper_table_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "paper_table", Path(__file__).parents[1] / "benchmarks" / "paper_table.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"patch_size": [32, 32, 32]}, "32³, 1 subject × 2 patches"),
+        ({"patch_size": 48, "batch_size": 2, "num_samples": 4}, "48³, 2 subjects × 4 patches"),
+        ({"patch_size": [64, 32, 64], "batch_size": 1, "num_samples": 2}, "64×32×64, 1 subject × 2 patches"),
+    ],
+)
+def test_paper_table_states_the_overridden_patch_and_batch(overrides, expected):
+    """The table's budget text describes the patches the runs trained on, --override included."""
+    train = json.loads((Path(__file__).parents[1] / "bundle" / "configs" / "train.json").read_text(encoding="utf-8"))
+    assert train["batch_size"] == 1 and train["num_samples"] == 2  # the first case keeps train.json's batch
+    assert _paper_table_module()._train_json_batch(overrides) == expected
