@@ -37,11 +37,28 @@ def bands(volume: np.ndarray, blur: GaussianFilter) -> tuple[np.ndarray, np.ndar
     return smooth, volume - smooth
 
 
-def _prediction(folder: Path, subject: str, task: str) -> Path:
+def prediction_path(folder: Path, subject: str, task: str) -> Path:
+    """``folder``'s synthesis of ``subject`` (``<subject>_<task>.nii.gz``, searched recursively).
+
+    Raises:
+        FileNotFoundError: there is none.
+    """
     found = sorted(folder.rglob(f"{subject}_{task}.nii.gz"))
     if not found:
         raise FileNotFoundError(f"{folder}: no prediction {subject}_{task}.nii.gz under it (a paper_table/recipe run?)")
     return found[0]
+
+
+def parse_runs(items: list[str]) -> dict[str, Path]:
+    """``["name=folder", ...]`` → ``{name: folder}``; exits naming the item when one is not NAME=FOLDER with an
+    existing folder."""
+    runs = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not Path(folder).is_dir():
+            raise SystemExit(f"{item!r}: expected NAME=FOLDER with an existing folder")
+        runs[name] = Path(folder)
+    return runs
 
 
 def main() -> None:
@@ -53,12 +70,7 @@ def main() -> None:
     args = parser.parse_args()
     data = Path(args.data)
     datalist = json.loads((data / "datalist.json").read_text())
-    runs = {}
-    for item in args.runs:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not Path(folder).is_dir():
-            raise SystemExit(f"{item!r}: expected NAME=FOLDER with an existing folder")
-        runs[name] = Path(folder)
+    runs = parse_runs(args.runs)
     noisefree_key = f"{args.task}_noisefree"
     blur = GaussianFilter(3, args.sigma)
     names = ["target"] + (["noise-free target"] if noisefree_key in datalist["test"][0] else []) + list(runs)
@@ -72,7 +84,7 @@ def main() -> None:
         if "noise-free target" in names:
             volumes["noise-free target"] = nib.load(data / entry[noisefree_key]).get_fdata()
         for name, folder in runs.items():
-            volumes[name] = np.squeeze(nib.load(_prediction(folder, entry["subject"], args.task)).get_fdata())
+            volumes[name] = np.squeeze(nib.load(prediction_path(folder, entry["subject"], args.task)).get_fdata())
         for name, volume in volumes.items():
             scores[name]["hf_spread"].append(float(bands(volume, blur)[1][mask].std()))
             smooth_error, hf_error = bands(volume - target, blur)

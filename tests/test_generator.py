@@ -178,6 +178,37 @@ def test_residual_output_starts_at_the_base_channel_and_learns_a_correction(spat
     assert not has_spectral_norm(generator.head[0])
 
 
+# [constructor arguments, activation class of the last decoder layer]
+FINAL_ACT_CASES = [
+    [dict(SMALL), torch.nn.ReLU],  # the paper's decoder
+    [dict(SMALL, in_channels=3, residual_channel=2), torch.nn.LeakyReLU],
+    [dict(SMALL, in_channels=3, residual_channel=2, final_act="relu"), torch.nn.ReLU],
+    [dict(SMALL, final_act="prelu"), torch.nn.PReLU],
+]
+
+
+@parameterized.expand(FINAL_ACT_CASES)
+def test_final_act(kwargs, expected):
+    generator = SCGANGenerator(**kwargs)
+    activations = [layer[3] for layer in generator.decoder]  # resize-conv (Identity, conv), norm, activation
+    assert isinstance(activations[-1], expected)
+    assert all(type(act) is torch.nn.ReLU for act in activations[:-1])  # the paper's ReLU elsewhere
+
+
+@parameterized.expand([[None, True], ["relu", False]])
+def test_residual_head_keeps_a_gradient_where_the_last_maps_are_negative(final_act, learns):
+    """A residual correction is ~0 in most voxels; where the last decoder layer's pre-activations are all negative a
+    ReLU passes no gradient and the correction can no longer grow there (the MD plateau, tuning.md)."""
+    generator = SCGANGenerator(**SMALL, in_channels=3, residual_channel=2, final_act=final_act)
+    torch.nn.init.normal_(generator.head[0].weight, std=0.1)  # a head that has started to learn
+    with torch.no_grad():
+        generator.decoder[-1][2].norm.bias.fill_(-100.0)  # every normalised map far below 0
+    x = torch.rand(1, 3, 16, 16, 16)
+    (generator(x) - x[:, :1]).pow(2).mean().backward()
+    gradient = next(generator.decoder[-1][1].parameters()).grad  # the last decoder convolution's weight
+    assert (gradient.abs().max() > 0) == learns
+
+
 @parameterized.expand([[3, ("output",)], [3, ("encoder", "decoder", "output")], [2, ("decoder",)]])
 def test_local_attention_sites(spatial_dims, sites):
     """Local sites swap the key set, not the parameters: same state-dict names and shapes as the paper's model."""

@@ -84,7 +84,8 @@ class SCGANGenerator(nn.Module):
     filters, ``kernel_size[i]``, ``strides[i]``), instance norm (none on the first level, as in the paper) and
     LeakyReLU(0.2). The decoder mirrors it: level ``i`` upsamples the concatenation of the deeper decoder output and
     the encoder's level-``i`` features back to the resolution of level ``i - 1``, followed by instance norm, dropout on
-    the ``num_dropout_levels`` deepest layers, and ReLU. The last decoder layer outputs ``final_channels`` maps at
+    the ``num_dropout_levels`` deepest layers, and ReLU (``final_act`` on the last layer: LeakyReLU under a residual
+    head). The last decoder layer outputs ``final_channels`` maps at
     full resolution (the paper's code: as many as the input has), then a stride-1 3×3(×3) convolution gives
     ``out_channels``, optionally followed by the output attention, then ``out_act``. Every convolution, the attention
     projections included, is spectrally normalised when ``spectral_norm`` is true.
@@ -115,6 +116,12 @@ class SCGANGenerator(nn.Module):
         kernel_size: encoder kernel per level (an int for all levels); the decoder mirrors it.
         act: encoder activation (MONAI name or ``(name, args)``).
         up_act: decoder activation.
+        final_act: activation of the last decoder layer, the ``final_channels`` maps the head reads. ``None``: ``act``
+            (LeakyReLU 0.2) when ``residual_channel`` is given, ``up_act`` (the paper's ReLU) otherwise. A residual
+            correction is about 0 in most of the brain, so behind a ReLU the few final maps fall silent there (no
+            gradient) and the correction cannot grow where the prior is wrong: with ReLU, the CPU preset's 3 final
+            maps were active in 5–10 % of the brain after 400 iterations on MD and the ventricles kept the prior's
+            error (``bundle/docs/tuning.md``, "The MD plateau").
         norm: normalisation after every convolution but the first and the output one.
         spectral_norm: spectrally normalise every convolution.
         n_power_iterations: spectral-norm power iterations per training step.
@@ -159,6 +166,7 @@ class SCGANGenerator(nn.Module):
         kernel_size: Sequence[int] | int = 3,
         act: str | tuple = ("leakyrelu", {"negative_slope": 0.2}),
         up_act: str | tuple = "relu",
+        final_act: str | tuple | None = None,
         norm: str | tuple = ("instance", {"affine": True}),
         spectral_norm: bool = True,
         n_power_iterations: int = 1,
@@ -241,6 +249,7 @@ class SCGANGenerator(nn.Module):
                 window_shift=shift,
             )
 
+        last_act = final_act if final_act is not None else (act if residual_channel is not None else up_act)
         self.encoder = nn.ModuleList()
         previous = in_channels
         for level, (ch, stride, kernel) in enumerate(zip(channels, self.strides, self.kernel_sizes), start=1):
@@ -269,7 +278,7 @@ class SCGANGenerator(nn.Module):
             layers.append(make_norm(norm, spatial_dims, cout))
             if dropout > 0 and position < num_dropout_levels:
                 layers.append(nn.Dropout(dropout))
-            layers.append(get_act_layer(up_act))
+            layers.append(get_act_layer(up_act if level > 1 else last_act))
             if level - 1 in decoder_attention_levels:
                 layers.append(attention("decoder", cout))
             self.decoder.append(nn.Sequential(*layers))
