@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 import torch
+from error_bands import add_data_argument, load_datalist
 from monai.transforms import Compose, DivisiblePad
 
 from custom_nets import build_generator
@@ -38,11 +39,10 @@ def main() -> None:
     parser.add_argument("--prior", required=True, help="the run's per-voxel prior (prior_<task>.json)")
     parser.add_argument("--residual", action=argparse.BooleanOptionalAction, default=True, help="residual_on_prior")
     parser.add_argument("--final-act", default=None, help="the generator's final_act the checkpoint was trained with")
-    parser.add_argument("--data", default="data/benchmark", help="dataset folder with datalist.json")
+    add_data_argument(parser)
     parser.add_argument("--subjects", type=int, default=3, help="first N test subjects")
     args = parser.parse_args()
-    data = Path(args.data)
-    datalist = json.loads((data / "datalist.json").read_text())
+    data, datalist = load_datalist(args.data)
     prior = json.loads(Path(args.prior).read_text())
     inputs = list(prior["input_keys"])
     generator = build_generator(

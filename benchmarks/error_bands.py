@@ -49,6 +49,19 @@ def prediction_path(folder: Path, subject: str, task: str) -> Path:
     return found[0]
 
 
+def add_data_argument(parser: argparse.ArgumentParser) -> None:
+    """``--data``: the dataset folder whose ``datalist.json`` names the test subjects (every analysis script)."""
+    parser.add_argument("--data", default="data/benchmark", help="dataset folder with datalist.json")
+
+
+def load_datalist(folder: str | Path) -> tuple[Path, dict]:
+    """``(folder, its datalist.json parsed)``; exits naming the file when it is missing."""
+    folder = Path(folder)
+    if not (folder / "datalist.json").is_file():
+        raise SystemExit(f"{folder / 'datalist.json'}: not found (give --data the dataset folder)")
+    return folder, json.loads((folder / "datalist.json").read_text())
+
+
 def parse_runs(items: list[str]) -> dict[str, Path]:
     """``["name=folder", ...]`` → ``{name: folder}``; exits naming the item when one is not NAME=FOLDER with an
     existing folder."""
@@ -65,11 +78,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="name=folder with predictions/")
     parser.add_argument("--task", required=True, help="target key of the datalist, e.g. fa")
-    parser.add_argument("--data", default="data/benchmark", help="dataset folder with datalist.json")
+    add_data_argument(parser)
     parser.add_argument("--sigma", type=float, default=1.0, help="Gaussian σ in voxels separating the bands")
     args = parser.parse_args()
-    data = Path(args.data)
-    datalist = json.loads((data / "datalist.json").read_text())
+    data, datalist = load_datalist(args.data)
     runs = parse_runs(args.runs)
     noisefree_key = f"{args.task}_noisefree"
     blur = GaussianFilter(3, args.sigma)

@@ -22,21 +22,19 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-from error_bands import parse_runs, prediction_path
+from error_bands import add_data_argument, load_datalist, parse_runs, prediction_path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", help="name=folder with the predictions")
     parser.add_argument("--task", required=True, help="target key of the datalist, e.g. md")
-    parser.add_argument("--data", default="data/benchmark", help="dataset folder with datalist.json")
+    add_data_argument(parser)
     args = parser.parse_args()
-    data = Path(args.data)
-    datalist = json.loads((data / "datalist.json").read_text())
+    data, datalist = load_datalist(args.data)
     if "label_names" not in datalist or "labels" not in datalist["test"][0]:
         raise SystemExit(f"{data / 'datalist.json'}: no 'labels'/'label_names' (expected the synthetic subjects)")
     runs = parse_runs(args.runs)
