@@ -23,7 +23,7 @@ from torch.utils.data.dataloader import _SingleProcessDataLoaderIter
 
 from custom_nets.io import atomic_torch_save, read_checkpoint, remove_stale_temporaries
 from custom_nets.networks.layers import fold_spectral_norm_state
-from custom_nets.trainer import GanKeys
+from custom_nets.trainer import GanKeys, schedule_progress
 
 __all__ = [
     "TimeBudget",
@@ -131,7 +131,7 @@ class CosineSchedule:
     def factor(self, iteration: int, time_fraction: float = 0.0) -> float:
         """Learning-rate multiplier before iteration ``iteration + 1`` (``iteration`` completed so far), with
         ``time_fraction`` of the time budget spent."""
-        progress = min(max(iteration / self.total_iterations, time_fraction), 1.0)
+        progress = schedule_progress(iteration, self.total_iterations, time_fraction)
         cosine = self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
         warmup = min(1.0, (iteration + 1) / self.warmup_iterations) if self.warmup_iterations > 0 else 1.0
         return cosine * warmup

@@ -19,7 +19,7 @@ from custom_nets.inferers import size_divisor
 from custom_nets.losses import FeatureMatchingLoss, MaskedRMSELoss
 from custom_nets.precision import autocast_dtype
 
-__all__ = ["ConditionalGanTrainer", "GanKeys", "averaged_copy"]
+__all__ = ["ConditionalGanTrainer", "GanKeys", "averaged_copy", "schedule_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,14 @@ def _check_roi_size(roi_size: Sequence[int] | int | None, d_network: nn.Module |
         )
 
 
+def schedule_progress(iteration: int, total_iterations: int, time_fraction: float = 0.0) -> float:
+    """The fraction of a training run done: ``iteration / total_iterations`` (iterations completed of those planned),
+    or ``time_fraction`` (of a wall-clock budget, ``TimeBudget``) when larger, clipped to [0, 1]. The clock of
+    ``CosineSchedule`` and of ``ConditionalGanTrainer``'s ``adversarial_start``: one definition, so that both follow
+    the same run length (iteration-bound or time-bound, resumed or not)."""
+    return min(max(iteration / total_iterations, time_fraction), 1.0)
+
+
 class ConditionalGanTrainer(Trainer):
     """Paired conditional-GAN training of SC-GAN (Lan, Toga, Sepehrband, Magn. Reson. Med. 86(3), 2021), after
     pix2pix. MONAI's ``GanTrainer`` feeds G random latents and never shows D the (input, output) pair, hence this class.
@@ -101,6 +109,9 @@ class ConditionalGanTrainer(Trainer):
     4. Put every loss term into ``engine.state.output`` with ``image``, ``label``, ``pred`` and ``mask``, and fire
        ``IterationEvents.MODEL_COMPLETED``.
 
+    Before ``adversarial_start`` of the run, steps 2 and 3's adversarial and feature-matching terms are skipped: G is
+    trained on its reconstruction losses alone and D is neither run nor updated.
+
     With ``d_network=None`` the trainer fits G alone (the paper's 3D U-Net baseline: L1 + brain RMSE). Setting a weight
     to 0 drops its term (the ablations: no adversarial loss, no feature matching, no brain RMSE).
 
@@ -119,6 +130,11 @@ class ConditionalGanTrainer(Trainer):
             super-resolution", ICLR 2017; Arjovsky and Bottou, ICLR 2017) keeps D from separating the pairs by the
             target's measurement noise, which G cannot predict from the inputs: the noise is added to both
             distributions, so the optimum (synthesis distributed as the targets) is unchanged.
+        adversarial_start: the fraction of the run (``schedule_progress``: iterations done of ``max_epochs ×
+            epoch_length``, or the time budget spent when larger) before which G trains without D, in [0, 1); 0
+            (default, the paper's) uses D from the first iteration. Pre-training the generator on its pixel losses and
+            then training it adversarially is SRGAN's and ESRGAN's recipe (Ledig et al., CVPR 2017; Wang et al., ECCV
+            Workshops 2018); under a wall-clock budget the G-only iterations also cost less (no D forward or backward).
         discriminator_roi_size: spatial size of the random crop of the patch that D judges each iteration (an int for
             every dimension, or one per dimension; a dimension at least the patch's takes all of it), or ``None``
             (default, the paper's: the whole patch). D's cost, and that of the adversarial and feature-matching
@@ -160,6 +176,7 @@ class ConditionalGanTrainer(Trainer):
         d_steps: int = 1,
         instance_noise: float = 0.0,
         discriminator_roi_size: Sequence[int] | int | None = None,
+        adversarial_start: float = 0.0,
         g_network_ema: nn.Module | None = None,
         ema_decay: float = 0.999,
         distillation: nn.Module | None = None,
@@ -187,6 +204,8 @@ class ConditionalGanTrainer(Trainer):
         if not math.isfinite(instance_noise) or instance_noise < 0:
             raise ValueError(f"instance_noise must be a finite non-negative standard deviation, got {instance_noise}.")
         _check_roi_size(discriminator_roi_size, d_network)
+        if not 0.0 <= adversarial_start < 1.0:  # also false for NaN
+            raise ValueError(f"adversarial_start must be a fraction of the run within [0, 1), got {adversarial_start}.")
         for name, value in (
             ("lambda_adv", lambda_adv),
             ("lambda_fm", lambda_fm),
@@ -232,6 +251,7 @@ class ConditionalGanTrainer(Trainer):
         self.d_steps = d_steps
         self.instance_noise = float(instance_noise)
         self.discriminator_roi_size = discriminator_roi_size
+        self.adversarial_start = float(adversarial_start)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be within [0, 1), got {ema_decay}.")
         self.g_network_ema, self.ema_decay = g_network_ema, ema_decay
@@ -251,6 +271,17 @@ class ConditionalGanTrainer(Trainer):
         scale = self.amp_dtype == torch.float16
         self.g_scaler = torch.amp.GradScaler(device_type, enabled=scale) if device_type == "cuda" else None
         self._warned_bf16 = False
+
+    def adversarial_now(self) -> bool:
+        """Whether this iteration trains with D: a GAN is configured and ``adversarial_start`` of the run is done.
+        Under DDP every rank agrees (the iteration counter and rank 0's time-budget fraction are shared)."""
+        if not self.use_gan:
+            return False
+        if self.adversarial_start <= 0:
+            return True
+        total = self.state.max_epochs * self.state.epoch_length
+        done = schedule_progress(self.state.iteration - 1, total, getattr(self.state, "time_budget_fraction", 0.0))
+        return done >= self.adversarial_start
 
     def _autocast(self, spatial: Sequence[int]):
         """Autocast for G on a batch of ``spatial`` size. On CPU, bf16 is refused when the generator's bottleneck would
@@ -340,9 +371,10 @@ class ConditionalGanTrainer(Trainer):
             fake_b = engine.g_network(real_a)  # G(A)
         fake_b32 = fake_b.float()
         losses: dict[str, torch.Tensor] = {}
+        use_gan = engine.adversarial_now()
 
         # Train Discriminator
-        if engine.use_gan:
+        if use_gan:
             engine.d_network.train()
             crop_a, crop_b, crop_fake = engine._discriminator_crop(real_a, real_b, fake_b32)
             for _ in range(engine.d_steps):
@@ -362,7 +394,7 @@ class ConditionalGanTrainer(Trainer):
         # Train Generator
         engine.g_optimizer.zero_grad(set_to_none=True)
         g_loss = torch.zeros((), device=fake_b32.device)
-        if engine.use_gan:
+        if use_gan:
             engine.d_network.requires_grad_(False)  # D needs no parameter gradients while G is optimised
             fake_out = engine.d_network(engine._pair(crop_a, crop_fake))  # D(A, G(A)), gradients flow to G
             adv = engine.adversarial_loss(fake_out[-1], target_is_real=True, for_discriminator=False)
@@ -389,7 +421,7 @@ class ConditionalGanTrainer(Trainer):
             g_loss.backward()
             engine._check_finite("generator", engine.g_network, losses)
             engine.g_optimizer.step()
-        if engine.use_gan:
+        if use_gan:
             engine.d_network.requires_grad_(True)
         if engine.g_network_ema is not None:
             engine._update_average()

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import TINY, TINY_TRAIN, error_messages  # noqa: F401 (data_dir is a fixture of conftest)
+from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
 
 from custom_nets.data import entry_id
@@ -90,6 +91,25 @@ def test_training_each_comparison_model(model, data_dir, tmp_path):
     assert np.isfinite(output["g_loss"])
     assert ("d_loss" in output) == (model != "unet3d")
     assert (tmp_path / "models" / "model_fa.pt").is_file()
+
+
+def test_adversarial_start_from_the_config(data_dir, tmp_path):
+    workflow = _workflow(
+        "train.json",
+        ["tasks/pet.json"],
+        "train",
+        bundle_root=str(tmp_path),
+        dataset_dir=str(data_dir),
+        **{**TINY_TRAIN, "epoch_length": 4, "adversarial_start": 0.5},
+    )
+    trainer = workflow.parser.get_parsed_content("train#trainer")
+    outputs = []
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, lambda engine: outputs.append(set(training_losses(engine.state.output)))
+    )
+    workflow.run()
+    workflow.finalize()
+    assert ["d_loss" in keys for keys in outputs] == [False, False, True, True]
 
 
 def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):

@@ -90,6 +90,9 @@ def test_discriminator_and_optimizer_come_together():
         ("lambda_l1", -0.5, "lambda_l1 must be non-negative"),
         ("lambda_rmse", -2.0, "lambda_rmse must be non-negative"),
         ("ema_decay", 1.0, r"ema_decay must be within \[0, 1\)"),
+        ("adversarial_start", -0.1, r"adversarial_start must be a fraction of the run within \[0, 1\), got -0.1"),
+        ("adversarial_start", 1.0, r"adversarial_start must be a fraction of the run within \[0, 1\), got 1.0"),
+        ("adversarial_start", float("nan"), r"adversarial_start must be .*, got nan"),
         ("instance_noise", -0.1, "instance_noise must be a finite non-negative standard deviation, got -0.1"),
         ("instance_noise", float("nan"), "instance_noise must be a finite non-negative standard deviation, got nan"),
         ("discriminator_roi_size", 0, "discriminator_roi_size must be a positive int or a sequence of them, got 0"),
@@ -106,6 +109,39 @@ def test_discriminator_and_optimizer_come_together():
 def test_each_bad_option_is_named(option, value, message):
     with pytest.raises(ValueError, match=message):
         _trainer(**{option: value})
+
+
+@pytest.mark.parametrize(
+    "adversarial_start, iterations, expected",
+    [
+        (0.0, 4, [True, True, True, True]),
+        (0.5, 4, [False, False, True, True]),
+        (0.3, 4, [False, False, True, True]),  # from the first iteration that starts with 30 % of the run done
+        (0.75, 4, [False, False, False, True]),
+    ],
+)
+def test_adversarial_start_trains_g_alone_first(adversarial_start, iterations, expected):
+    trainer = _trainer(adversarial_start=adversarial_start)
+    trainer.state.max_epochs, trainer.state.epoch_length = 1, iterations
+    used_d = []
+    for iteration in range(1, iterations + 1):
+        trainer.state.iteration = iteration  # ignite's counter, already incremented when an iteration runs
+        d_before = _weights(trainer.d_network)
+        output = trainer._iteration(trainer, _batch())
+        d_moved = any(not torch.equal(d_before[n], v) for n, v in _weights(trainer.d_network).items())
+        assert d_moved == ("d_loss" in output) == ("adv" in output)  # D trained exactly when its losses appear
+        used_d.append(d_moved)
+    assert used_d == expected
+
+
+def test_adversarial_start_follows_the_time_budget():
+    trainer = _trainer(adversarial_start=0.5)
+    trainer.state.max_epochs, trainer.state.epoch_length, trainer.state.iteration = 100, 100, 2  # 0.01 % by count
+    trainer.state.time_budget_fraction = 0.4
+    assert not trainer.adversarial_now()
+    trainer.state.time_budget_fraction = 0.5
+    assert trainer.adversarial_now()
+    assert not _trainer(with_discriminator=False, adversarial_start=0.5).adversarial_now()
 
 
 def _pairs_seen_by_d(trainer: ConditionalGanTrainer, size: int = 16) -> list[torch.Tensor]:
