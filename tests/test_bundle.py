@@ -112,6 +112,18 @@ def test_adversarial_start_from_the_config(data_dir, tmp_path):
     assert ["d_loss" in keys for keys in outputs] == [False, False, True, True]
 
 
+@pytest.mark.parametrize("final_act, expected", [(None, torch.nn.LeakyReLU), ("relu", torch.nn.ReLU)])
+def test_final_act_reaches_training_and_inference_networks(final_act, expected, data_dir, tmp_path):
+    """One top-level id (which a task overlay may set) builds the same last decoder layer for training and inference,
+    so weights trained with one activation are never deployed with another."""
+    for config, kind in (("train.json", "train"), ("inference.json", "infer")):
+        workflow = _workflow(config, [], kind, bundle_root=str(tmp_path), dataset_dir=str(data_dir), **TINY)
+        workflow.parser["final_act"] = final_act
+        workflow.parser.parse()
+        last_layer = workflow.parser.get_parsed_content("network_def").decoder[-1]
+        assert isinstance(last_layer[3], expected), config
+
+
 def test_resume_continues_from_the_checkpoint(data_dir, tmp_path):
     first = _train(data_dir, tmp_path, ["tasks/pet.json"])
     per_epoch = first.parser.get_parsed_content("train#trainer").state.iteration
