@@ -109,8 +109,9 @@ class ConditionalGanTrainer(Trainer):
     4. Put every loss term into ``engine.state.output`` with ``image``, ``label``, ``pred`` and ``mask``, and fire
        ``IterationEvents.MODEL_COMPLETED``.
 
-    Before ``adversarial_start`` of the run, steps 2 and 3's adversarial and feature-matching terms are skipped: G is
-    trained on its reconstruction losses alone and D is neither run nor updated.
+    Before ``adversarial_start`` of the run, and on all but one iteration in every ``adversarial_interval``, steps 2 and
+    3's adversarial and feature-matching terms are skipped: G is trained on its reconstruction losses alone and D is
+    neither run nor updated.
 
     With ``d_network=None`` the trainer fits G alone (the paper's 3D U-Net baseline: L1 + brain RMSE). Setting a weight
     to 0 drops its term (the ablations: no adversarial loss, no feature matching, no brain RMSE).
@@ -135,6 +136,11 @@ class ConditionalGanTrainer(Trainer):
             (default, the paper's) uses D from the first iteration. Pre-training the generator on its pixel losses and
             then training it adversarially is SRGAN's and ESRGAN's recipe (Ledig et al., CVPR 2017; Wang et al., ECCV
             Workshops 2018); under a wall-clock budget the G-only iterations also cost less (no D forward or backward).
+        adversarial_interval: D is run and updated, and the adversarial and feature-matching terms join G's loss, on one
+            iteration in every ``adversarial_interval`` (the first of each run of k); the others train G on its
+            reconstruction losses alone. 1 (default, the paper's) uses D on every iteration. Lazy updates, as StyleGAN2
+            applies its regularisers every 16 minibatches (Karras et al., "Analyzing and improving the image quality of
+            StyleGAN", CVPR 2020), cut D's share of the cost by k; the loss weights are not rescaled.
         discriminator_roi_size: spatial size of the random crop of the patch that D judges each iteration (an int for
             every dimension, or one per dimension; a dimension at least the patch's takes all of it), or ``None``
             (default, the paper's: the whole patch). D's cost, and that of the adversarial and feature-matching
@@ -177,6 +183,7 @@ class ConditionalGanTrainer(Trainer):
         instance_noise: float = 0.0,
         discriminator_roi_size: Sequence[int] | int | None = None,
         adversarial_start: float = 0.0,
+        adversarial_interval: int = 1,
         g_network_ema: nn.Module | None = None,
         ema_decay: float = 0.999,
         distillation: nn.Module | None = None,
@@ -206,6 +213,12 @@ class ConditionalGanTrainer(Trainer):
         _check_roi_size(discriminator_roi_size, d_network)
         if not 0.0 <= adversarial_start < 1.0:  # also false for NaN
             raise ValueError(f"adversarial_start must be a fraction of the run within [0, 1), got {adversarial_start}.")
+        whole = isinstance(adversarial_interval, (int, float)) and float(adversarial_interval).is_integer()
+        if isinstance(adversarial_interval, bool) or not whole or adversarial_interval < 1:
+            raise ValueError(
+                f"adversarial_interval must be a whole number of iterations >= 1 (1: D on every iteration), got "
+                f"{adversarial_interval!r}."
+            )
         for name, value in (
             ("lambda_adv", lambda_adv),
             ("lambda_fm", lambda_fm),
@@ -252,6 +265,7 @@ class ConditionalGanTrainer(Trainer):
         self.instance_noise = float(instance_noise)
         self.discriminator_roi_size = discriminator_roi_size
         self.adversarial_start = float(adversarial_start)
+        self.adversarial_interval = int(adversarial_interval)
         if not 0.0 <= ema_decay < 1.0:
             raise ValueError(f"ema_decay must be within [0, 1), got {ema_decay}.")
         self.g_network_ema, self.ema_decay = g_network_ema, ema_decay
@@ -273,9 +287,12 @@ class ConditionalGanTrainer(Trainer):
         self._warned_bf16 = False
 
     def adversarial_now(self) -> bool:
-        """Whether this iteration trains with D: a GAN is configured and ``adversarial_start`` of the run is done.
-        Under DDP every rank agrees (the iteration counter and rank 0's time-budget fraction are shared)."""
+        """Whether this iteration trains with D: a GAN is configured, ``adversarial_start`` of the run is done and the
+        iteration is one of every ``adversarial_interval`` (iterations 1, 1 + k, 1 + 2k, ...). Under DDP every rank
+        agrees (the iteration counter and rank 0's time-budget fraction are shared)."""
         if not self.use_gan:
+            return False
+        if (self.state.iteration - 1) % self.adversarial_interval:
             return False
         if self.adversarial_start <= 0:
             return True

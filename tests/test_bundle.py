@@ -93,14 +93,21 @@ def test_training_each_comparison_model(model, data_dir, tmp_path):
     assert (tmp_path / "models" / "model_fa.pt").is_file()
 
 
-def test_adversarial_start_from_the_config(data_dir, tmp_path):
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ({"adversarial_start": 0.5}, [False, False, True, True]),
+        ({"adversarial_interval": 2}, [True, False, True, False]),
+    ],
+)
+def test_discriminator_schedule_from_the_config(data_dir, tmp_path, schedule, expected):
     workflow = _workflow(
         "train.json",
         ["tasks/pet.json"],
         "train",
         bundle_root=str(tmp_path),
         dataset_dir=str(data_dir),
-        **{**TINY_TRAIN, "epoch_length": 4, "adversarial_start": 0.5},
+        **{**TINY_TRAIN, "epoch_length": 4, **schedule},
     )
     trainer = workflow.parser.get_parsed_content("train#trainer")
     outputs = []
@@ -109,7 +116,7 @@ def test_adversarial_start_from_the_config(data_dir, tmp_path):
     )
     workflow.run()
     workflow.finalize()
-    assert ["d_loss" in keys for keys in outputs] == [False, False, True, True]
+    assert ["d_loss" in keys for keys in outputs] == expected
 
 
 @pytest.mark.parametrize("final_act, expected", [(None, torch.nn.LeakyReLU), ("relu", torch.nn.ReLU)])

@@ -93,6 +93,11 @@ def test_discriminator_and_optimizer_come_together():
         ("adversarial_start", -0.1, r"adversarial_start must be a fraction of the run within \[0, 1\), got -0.1"),
         ("adversarial_start", 1.0, r"adversarial_start must be a fraction of the run within \[0, 1\), got 1.0"),
         ("adversarial_start", float("nan"), r"adversarial_start must be .*, got nan"),
+        ("adversarial_interval", 0, r"adversarial_interval must be a whole number of iterations >= 1 .*, got 0"),
+        ("adversarial_interval", 2.5, r"adversarial_interval must be .*, got 2.5"),
+        ("adversarial_interval", float("nan"), r"adversarial_interval must be .*, got nan"),
+        ("adversarial_interval", "4", r"adversarial_interval must be .*, got '4'"),
+        ("adversarial_interval", True, r"adversarial_interval must be .*, got True"),
         ("instance_noise", -0.1, "instance_noise must be a finite non-negative standard deviation, got -0.1"),
         ("instance_noise", float("nan"), "instance_noise must be a finite non-negative standard deviation, got nan"),
         ("discriminator_roi_size", 0, "discriminator_roi_size must be a positive int or a sequence of them, got 0"),
@@ -112,16 +117,19 @@ def test_each_bad_option_is_named(option, value, message):
 
 
 @pytest.mark.parametrize(
-    "adversarial_start, iterations, expected",
+    "adversarial_start, adversarial_interval, iterations, expected",
     [
-        (0.0, 4, [True, True, True, True]),
-        (0.5, 4, [False, False, True, True]),
-        (0.3, 4, [False, False, True, True]),  # from the first iteration that starts with 30 % of the run done
-        (0.75, 4, [False, False, False, True]),
+        (0.0, 1, 4, [True, True, True, True]),
+        (0.5, 1, 4, [False, False, True, True]),
+        (0.3, 1, 4, [False, False, True, True]),  # from the first iteration that starts with 30 % of the run done
+        (0.75, 1, 4, [False, False, False, True]),
+        (0.0, 2, 5, [True, False, True, False, True]),
+        (0.0, 3, 7, [True, False, False, True, False, False, True]),
+        (0.5, 2, 6, [False, False, False, False, True, False]),  # both: past the start and on the interval
     ],
 )
-def test_adversarial_start_trains_g_alone_first(adversarial_start, iterations, expected):
-    trainer = _trainer(adversarial_start=adversarial_start)
+def test_d_trains_only_when_scheduled(adversarial_start, adversarial_interval, iterations, expected):
+    trainer = _trainer(adversarial_start=adversarial_start, adversarial_interval=adversarial_interval)
     trainer.state.max_epochs, trainer.state.epoch_length = 1, iterations
     used_d = []
     for iteration in range(1, iterations + 1):
