@@ -26,6 +26,7 @@ from custom_nets.evaluation.pipeline import (
     task_settings,
 )
 from custom_nets.io import sha256_of
+from custom_nets.trainer import ConditionalGanTrainer
 
 TINY_RUN = {**TINY, "discriminator_def#channels": [8, 8, 16, 16]}
 BUNDLE = Path(__file__).resolve().parent.parent / "bundle"
@@ -73,6 +74,32 @@ def test_interleaved_costs_time_every_model_on_the_same_batch(data_dir, tmp_path
     assert not list(tmp_path.rglob("*.pt"))
     with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
         interleaved_iteration_seconds(BUNDLE, "fa", ["scgan"], data_dir / "datalist.json", tmp_path, settings, rounds=0)
+
+
+@pytest.mark.parametrize(
+    "schedule, expected",
+    [
+        ({}, 1.0),
+        ({"adversarial_interval": 4}, 0.25 * 1.0 + 0.75 * 0.25),  # D on one iteration in 4
+        ({"adversarial_start": 0.5}, 0.5 * 1.0 + 0.5 * 0.25),  # D on the second half of the run
+        ({"adversarial_start": 0.5, "adversarial_interval": 2}, 0.25 * 1.0 + 0.75 * 0.25),
+    ],
+)
+def test_interleaved_cost_weights_each_kind_of_iteration_by_its_share(
+    data_dir, tmp_path, monkeypatch, schedule, expected
+):
+    clock = [0.0]
+
+    def iteration(self, engine, batch):  # a fake step: 1 s with D, 0.25 s without
+        clock[0] += 1.0 if engine.adversarial_now() else 0.25
+
+    monkeypatch.setattr(pipeline.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(ConditionalGanTrainer, "_iteration", iteration)
+    settings = RunSettings(minutes=1, patch_size=16, batch_size=1, num_samples=1)
+    costs = interleaved_iteration_seconds(
+        BUNDLE, "fa", ["unet3d", "scgan"], data_dir / "datalist.json", tmp_path, settings, {**TINY_RUN, **schedule}
+    )
+    assert costs == pytest.approx({"unet3d": 0.25, "scgan": expected})
 
 
 def test_interleaved_cost_turns_the_minutes_into_each_models_iterations(tmp_path, monkeypatch):

@@ -328,8 +328,11 @@ def interleaved_iteration_seconds(
     Every model's trainer is built from ``train.json`` + the task overlay + its model overlay with ``settings``' patch
     and batch sizes and ``overrides``, exactly as ``train_and_infer`` builds it; all of them then train on one batch of
     the training split, round after round, one iteration of each model per round (a first round to warm up, then
-    ``rounds``), and each model's cost is the median of its rounds. A drift of the machine's speed during the
-    measurement reaches every model alike, so the ratios hold even where runs made one after another would not (the
+    ``rounds``), and each model's cost is the median of its rounds. A model whose discriminator does not join every
+    iteration (``adversarial_interval`` k > 1 or ``adversarial_start`` s > 0) is timed in each round on one iteration
+    of each kind, and its cost is their medians weighted by the share of the run's iterations that use D, (1 − s) / k
+    (``schedule_progress`` counts iterations when the budget is in iterations). A drift of the machine's speed during
+    the measurement reaches every model alike, so the ratios hold even where runs made one after another would not (the
     probe of ``machine_speed_probe`` varied 3× within one hour, ``bundle/docs/tuning.md``). Validation is not included:
     it costs every model the same. ``work_dir`` receives the fitted per-voxel prior and the configs' log folders, no
     weights.
@@ -367,16 +370,32 @@ def interleaved_iteration_seconds(
         trainers[model] = workflow.parser.get_parsed_content("train#trainer")
         if batch is None:  # the same patches for every model (one task, one preprocessing)
             batch = next(iter(trainers[model].data_loader))
-    seconds: dict[str, list[float]] = {model: [] for model in models}
+    # the share of a run's iterations that train with D, for the models whose iterations come in two kinds
+    adversarial_share = {
+        model: (1.0 - trainer.adversarial_start) / trainer.adversarial_interval
+        for model, trainer in trainers.items()
+        if trainer.use_gan and (trainer.adversarial_interval > 1 or trainer.adversarial_start > 0)
+    }
+    seconds: dict[tuple[str, bool], list[float]] = {}
     for round_index in range(rounds + 1):
         for model, trainer in trainers.items():
-            start = time.perf_counter()
-            trainer._iteration(trainer, batch)
-            if round_index:  # round 0 warms up (allocations, kernel selection)
-                seconds[model].append(time.perf_counter() - start)
+            for with_d in (True, False) if model in adversarial_share else (trainer.use_gan,):
+                trainer.adversarial_now = lambda with_d=with_d: with_d  # this round's kind of iteration
+                start = time.perf_counter()
+                trainer._iteration(trainer, batch)
+                if round_index:  # round 0 warms up (allocations, kernel selection)
+                    seconds.setdefault((model, with_d), []).append(time.perf_counter() - start)
     for workflow in workflows:
         workflow.finalize()
-    return {model: float(statistics.median(values)) for model, values in seconds.items()}
+    median = {key: float(statistics.median(values)) for key, values in seconds.items()}
+    return {
+        model: (
+            adversarial_share[model] * median[model, True] + (1 - adversarial_share[model]) * median[model, False]
+            if model in adversarial_share
+            else median[model, trainer.use_gan]
+        )
+        for model, trainer in trainers.items()
+    }
 
 
 def run_models(
