@@ -7,7 +7,11 @@ subject it reports, inside the brain mask and in the target's units:
 
 - HF spread: standard deviation of the synthesis' HF band, beside the target's and the noise-free target's (a
   synthesis with the target's spread reproduces its noise; one with the noise-free target's does not);
-- HF error and smooth error: RMS of the two bands of ``synthesis − target`` (their squares add up to about the MSE).
+- HF error and smooth error: RMS of the two bands of ``synthesis − target`` (their squares add up to about the MSE);
+- offset share: the part of the MSE that is each subject's mean error in the brain, Σ mean² / Σ MSE over subjects (a
+  global over- or under-estimate of the whole subject, which no local detail corrects), and with ``--latent NAME``
+  the Pearson correlation over subjects of that mean error with the phantom's latent ``NAME`` (the entry's
+  ``latents`` JSON, e.g. ``centiloid``, the amyloid load that sets the PET level and that the MRI barely shows).
 
 A model that loses on the HF error copies texture it cannot predict; one that loses on the smooth error fits the
 anatomy's contrast less well. Run it on the folders written by ``benchmarks/paper_table.py`` or ``recipe.py``:
@@ -80,6 +84,7 @@ def main() -> None:
     parser.add_argument("--task", required=True, help="target key of the datalist, e.g. fa")
     add_data_argument(parser)
     parser.add_argument("--sigma", type=float, default=1.0, help="Gaussian σ in voxels separating the bands")
+    parser.add_argument("--latent", help="phantom latent (entry's latents JSON) to correlate the mean error with")
     args = parser.parse_args()
     data, datalist = load_datalist(args.data)
     runs = parse_runs(args.runs)
@@ -87,9 +92,17 @@ def main() -> None:
     blur = GaussianFilter(3, args.sigma)
     names = ["target"] + (["noise-free target"] if noisefree_key in datalist["test"][0] else []) + list(runs)
     scores: dict[str, dict[str, list[float]]] = {
-        n: {"hf_spread": [], "hf_error": [], "smooth_error": []} for n in names
+        n: {"hf_spread": [], "hf_error": [], "smooth_error": [], "mse": [], "mean_error": []} for n in names
     }
+    latents = []
     for entry in datalist["test"]:
+        if args.latent:
+            if "latents" not in entry:
+                raise SystemExit(f"--latent {args.latent}: test entry {entry['subject']} has no 'latents' file")
+            values = json.loads((data / entry["latents"]).read_text())
+            if args.latent not in values:
+                raise SystemExit(f"--latent {args.latent}: not in {data / entry['latents']} (has {sorted(values)})")
+            latents.append(float(values[args.latent]))
         mask = nib.load(data / entry["mask"]).get_fdata() > 0.5
         target = nib.load(data / entry[args.task]).get_fdata()
         volumes = {"target": target}
@@ -102,17 +115,31 @@ def main() -> None:
             smooth_error, hf_error = bands(volume - target, blur)
             scores[name]["hf_error"].append(float(np.sqrt(np.mean(hf_error[mask] ** 2))))
             scores[name]["smooth_error"].append(float(np.sqrt(np.mean(smooth_error[mask] ** 2))))
-    means = {n: {k: float(np.mean(v)) for k, v in s.items()} for n, s in scores.items()}
-    print(f"| {args.task} (σ {args.sigma} voxel) | HF spread | HF error | smooth error |")
-    print("|---|---|---|---|")
+            scores[name]["mse"].append(float(np.mean((volume - target)[mask] ** 2)))
+            scores[name]["mean_error"].append(float(np.mean((volume - target)[mask])))
+    means = {}
+    for name, s in scores.items():
+        means[name] = {k: float(np.mean(s[k])) for k in ("hf_spread", "hf_error", "smooth_error")}
+        mse, offset = np.sum(s["mse"]), np.sum(np.square(s["mean_error"]))
+        means[name]["offset_share"] = float(offset / mse) if mse > 0 else 0.0
+        if latents and name != "target":
+            means[name]["offset_latent_correlation"] = float(np.corrcoef(s["mean_error"], latents)[0, 1])
+    latent = f" | mean error ~ {args.latent} (r)" if latents else ""
+    print(f"| {args.task} (σ {args.sigma} voxel) | HF spread | HF error | smooth error | offset share of MSE{latent} |")
+    print("|---|---|---|---|---|" + ("---|" if latents else ""))
     for name, m in means.items():
-        print(f"| {name} | {m['hf_spread']:.4f} | {m['hf_error']:.4f} | {m['smooth_error']:.4f} |")
+        row = f"| {name} | {m['hf_spread']:.4f} | {m['hf_error']:.4f} | {m['smooth_error']:.4f} | "
+        row += f"{100 * m['offset_share']:.0f} % |" if name != "target" else "— |"
+        if latents:
+            row += f" {m['offset_latent_correlation']:+.2f} |" if name != "target" else " — |"
+        print(row)
     print(
         json.dumps(
             {
                 "benchmark": "error_bands",
                 "task": args.task,
                 "sigma": args.sigma,
+                "latent": args.latent,
                 "subjects": len(datalist["test"]),
                 "means": means,
             }
