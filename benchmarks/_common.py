@@ -18,7 +18,17 @@ import sys
 import time
 from collections.abc import Callable
 
-__all__ = ["rss_kib", "reset_peak", "peak_mb_since", "run_child", "timed", "machine", "print_table"]
+__all__ = [
+    "rss_kib",
+    "reset_peak",
+    "peak_mb_since",
+    "run_child",
+    "timed",
+    "machine",
+    "source_revision",
+    "provenance",
+    "print_table",
+]
 
 
 def rss_kib(field: str = "VmRSS") -> int:
@@ -101,6 +111,51 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
+
+
+def source_revision(root: str | os.PathLike | None = None) -> str:
+    """The commit a generated document comes from, as ``git`` names it.
+
+    Args:
+        root: a folder inside the checkout (default: this repository).
+
+    Returns:
+        ``"commit <short hash>"``, followed by ``" with uncommitted changes"`` when tracked files differ from it, or
+        ``"no git checkout"`` where ``root`` is not in one or ``git`` is missing.
+    """
+    root = os.fspath(root) if root is not None else os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "no git checkout"
+    return f"commit {head}" + (" with uncommitted changes" if changed else "")
+
+
+def provenance(root: str | os.PathLike | None = None) -> str:
+    """Where a generated document was measured: its commit, the CPU cores this process may use, the CPU's kind, bf16
+    support, the GPU (or none) and torch, e.g. ``"commit 7854dcb; 2 CPU cores (x86_64, AVX512, native bf16), no
+    GPU; torch 2.13.0"``. The documents' figures depend on all of them (``bundle/docs/performance.md``)."""
+    import torch
+
+    from custom_nets.precision import cpu_has_native_bf16
+
+    info = machine()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    bf16 = "native bf16" if cpu_has_native_bf16() else "no native bf16"
+    gpu = f"GPU {info['gpu']}" if "gpu" in info else "no GPU"
+    return (
+        f"{source_revision(root)}; {cores} CPU cores ({info['cpu']}, {info['cpu_capability']}, {bf16}), {gpu}; "
+        f"torch {torch.__version__}"
+    )
 
 
 def print_table(header: list[str], rows: list[list[object]]) -> None:

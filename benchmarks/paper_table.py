@@ -48,6 +48,9 @@ from custom_nets.evaluation.figures import comparison_figure
 from custom_nets.evaluation.pipeline import RunSettings, compare
 from custom_nets.io import atomic_write_text
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
 LABELS = {"oracle": ORACLE_LABEL, **BASELINE_LABELS, **MODEL_LABELS}
@@ -268,8 +271,8 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
     lines = [
         "# Results: the paper's comparison and ablation on synthetic subjects",
         "",
-        f"Produced by `{command}` (mode **{args.mode}**, seed {settings['seed']}) on this machine (2 CPU cores, no "
-        f"GPU): training and inference of the {len(runs)} learned runs took {recorded_minutes:.1f} min as recorded "
+        f"Produced by `{command}` (mode **{args.mode}**, seed {settings['seed']}) on this machine ({provenance()}): "
+        f"training and inference of the {len(runs)} learned runs took {recorded_minutes:.1f} min as recorded "
         f"in their `run.json` files (this invocation: {seconds / 60:.1f} min; finished runs with the same settings "
         "are reused). Generated file: rerun the command to refresh it.",
         "",

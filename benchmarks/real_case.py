@@ -25,6 +25,9 @@ from custom_nets.evaluation.figures import comparison_figure
 from custom_nets.evaluation.pipeline import RunSettings, run_baselines, run_models
 from custom_nets.io import atomic_write_text
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
 INPUT_KEYS = ["t1w", "t2w", "pd"]
@@ -203,8 +206,8 @@ def _header(args: argparse.Namespace, argv, results: dict, seconds: float) -> tu
     lines = [
         "# Results: a real-image case on SPM's population templates",
         "",
-        f"Produced by `{command}` (seed {args.seed}) in {seconds / 60:.1f} min on this machine (2 CPU cores, no "
-        "GPU). Generated file: rerun the command to refresh it.",
+        f"Produced by `{command}` (seed {args.seed}) in {seconds / 60:.1f} min on this machine ({provenance()}). "
+        "Generated file: rerun the command to refresh it.",
         "",
         f"- Data: `{requirement}` from PyPI (GPL-2), fetched at run time and cached, never committed. Inputs: "
         f"{', '.join(members[k] for k in INPUT_KEYS)} (ICBM-152 linear averages of the same 152 subjects, "

@@ -28,6 +28,9 @@ from custom_nets.evaluation.evaluate import paired_difference
 from custom_nets.evaluation.pipeline import RunSettings, compare, run_models
 from custom_nets.io import atomic_write_text
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
 LABELS = {"oracle": ORACLE_LABEL, **BASELINE_LABELS, "scgan": "SC-GAN"}
@@ -118,7 +121,7 @@ def _markdown(report: dict, content: dict, args, seconds: float) -> str:
     lines = [
         "# SC-GAN's default recipe against regression on the input intensities",
         "",
-        f"Produced by `{command}` (seed {args.seed}; {seconds / 60:.0f} min in all) on this machine (2 CPU cores). "
+        f"Produced by `{command}` (seed {args.seed}; {seconds / 60:.0f} min in all) on this machine ({provenance()}). "
         "Generated file.",
         "",
         f"- Data: {args.subjects} synthetic subjects (`custom_nets.datasets.phantom`, seed {args.seed}, split "

@@ -29,6 +29,9 @@ from custom_nets.evaluation.evaluate import evaluate_predictions, find_predictio
 from custom_nets.evaluation.pipeline import RunSettings, model_overlays, run_baselines, task_settings, train_and_infer
 from custom_nets.io import atomic_write_text, load_volume
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import provenance  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
 DEFAULTS = "SC-GAN without the per-voxel prior (the paper's inputs)"
@@ -133,9 +136,9 @@ def _markdown(rows: dict, args: argparse.Namespace, recorded: float, seconds: fl
         f"Produced by `python benchmarks/tuning.py --task {args.task} --iterations {args.iterations}"
         + (f" --variants {' '.join(map(str, args.variants))}" if args.variants else "")
         + f"` (seed "
-        f"{args.seed}) on this machine (2 CPU cores): {recorded / 60:.1f} min of training and inference as recorded in "
-        f"the runs' `run.json` (this invocation {seconds / 60:.1f} min; finished runs are reused; other jobs shared "
-        "the cores for part of it, so the s / iteration column is indicative). Generated file.",
+        f"{args.seed}) on this machine ({provenance()}): {recorded / 60:.1f} min of training and inference as "
+        f"recorded in the runs' `run.json` (this invocation {seconds / 60:.1f} min; finished runs are reused; other "
+        "jobs shared the cores for part of it, so the s / iteration column is indicative). Generated file.",
         "",
         f"Every variant: {args.iterations} iterations of `train.json`'s patches (64³, 1 subject × 2 patches) with the "
         "cosine schedule over them, final weights, `benchmarks/recipe.py`'s cohort (40 synthetic subjects: 26 "
