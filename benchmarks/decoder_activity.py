@@ -25,6 +25,7 @@ from error_bands import add_data_argument, load_datalist
 from monai.transforms import Compose, DivisiblePad
 
 from custom_nets import build_generator
+from custom_nets.io import read_checkpoint
 from custom_nets.transforms import preprocessing_transforms
 
 TARGET_RANGES = {"pet": (0.0, 3.0), "fa": (0.0, 1.0), "md": (0.0, 3.5)}
@@ -55,7 +56,7 @@ def main() -> None:
         final_act=args.final_act,
         fold_spectral_norm=True,
     )
-    state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    state = read_checkpoint(args.checkpoint)
     generator.load_state_dict(state.get("network", state))
     generator.eval()
     maps: dict[str, torch.Tensor] = {}

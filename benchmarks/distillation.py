@@ -45,6 +45,7 @@ def run_case(preset: str, weights: str, grid: str, sw_overlap: float, task: str)
     from custom_nets import build_generator
     from custom_nets.evaluation.pipeline import task_settings
     from custom_nets.inferers import SeamlessSlidingWindowInferer
+    from custom_nets.io import read_checkpoint
     from custom_nets.precision import autocast_dtype
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -53,7 +54,7 @@ def run_case(preset: str, weights: str, grid: str, sw_overlap: float, task: str)
     generator = build_generator(
         preset, in_channels=channels, out_act=ids["out_act"], residual_channel=channels - 1, fold_spectral_norm=True
     )
-    generator.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    generator.load_state_dict(read_checkpoint(weights))
     generator = generator.to(device).eval()
     inferer = SeamlessSlidingWindowInferer(
         ids["patch_size"], ids["sw_batch_size"], sw_overlap, ids["sw_mode"], ids["sw_sigma_scale"]

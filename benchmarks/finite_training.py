@@ -26,6 +26,7 @@ import torch
 
 from custom_nets.datasets.phantom.dataset import synthetic_datalist
 from custom_nets.evaluation.pipeline import bundle_workflow
+from custom_nets.io import read_checkpoint
 from custom_nets.precision import cpu_has_native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,7 +77,7 @@ def one_run(data: Path, root: Path, patch: int, seed: int, iterations: int) -> d
     record["val_finite"] = best is not None and bool(torch.isfinite(torch.tensor(float(best))))
     saved = root / "models" / "model_pet.pt"
     record["saved_finite"] = saved.is_file() and all(
-        bool(torch.isfinite(t).all()) for t in torch.load(saved, weights_only=True).values()
+        bool(torch.isfinite(t).all()) for t in read_checkpoint(saved).values()
     )
     record["seconds"] = time.perf_counter() - start
     return record

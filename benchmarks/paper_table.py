@@ -46,13 +46,13 @@ from custom_nets.evaluation.comparison import (
 from custom_nets.evaluation.evaluate import paired_difference
 from custom_nets.evaluation.figures import comparison_figure
 from custom_nets.evaluation.pipeline import RunSettings, compare
-from custom_nets.io import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import check_generated_doc, provenance, write_generated_doc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
+SCRIPT = "benchmarks/paper_table.py"
 LABELS = {"oracle": ORACLE_LABEL, **BASELINE_LABELS, **MODEL_LABELS}
 MODES = {
     "quick": {"iterations": 48, "ablation_tasks": ("pet",), "subjects": 20, "split": (0.8, 0.1, 0.1)},
@@ -118,6 +118,7 @@ def _settings(args: argparse.Namespace, mode: dict) -> RunSettings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    check_generated_doc(Path(args.docs) / "results.md", SCRIPT)  # before the hours of training, not after
     mode = MODES[args.mode]
     settings = _settings(args, mode)
     default_data = "synthetic" if mode["subjects"] == 20 else "benchmark"  # the demo's cohort, or recipe.py's
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - start
 
     lines = _results_markdown(report, content, args, seconds, docs)
-    atomic_write_text(docs / "results.md", "\n".join(lines) + "\n")
+    write_generated_doc(docs / "results.md", "\n".join(lines), SCRIPT)
     summary = _summary(report, args, seconds)
     print(f"\nwritten: {docs / 'results.md'}")
     print(json.dumps(summary))

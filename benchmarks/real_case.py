@@ -23,13 +23,13 @@ from custom_nets.datasets import templates
 from custom_nets.evaluation.comparison import BASELINE_LABELS, MODEL_LABELS, markdown_table
 from custom_nets.evaluation.figures import comparison_figure
 from custom_nets.evaluation.pipeline import RunSettings, run_baselines, run_models
-from custom_nets.io import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import check_generated_doc, provenance, write_generated_doc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
+SCRIPT = "benchmarks/real_case.py"
 INPUT_KEYS = ["t1w", "t2w", "pd"]
 # the baselines every learned model is judged against (rows of each table, in this order)
 BASELINES = ("population_mean", "intensity_lookup", "cubic_polynomial")
@@ -292,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
     start = time.perf_counter()
     docs = Path(args.docs).absolute()
+    check_generated_doc(docs / "results_real.md", SCRIPT)
     results = {split: run_split(split, args, docs) for split in args.splits}
     seconds = time.perf_counter() - start
 
     lines, checks = _header(args, argv, results, seconds)
     for result in results.values():
         lines += result["lines"]
-    atomic_write_text(docs / "results_real.md", "\n".join(lines) + "\n")
+    write_generated_doc(docs / "results_real.md", "\n".join(lines), SCRIPT)
     print(f"written: {docs / 'results_real.md'}")
     summary = {
         "benchmark": "real_case",

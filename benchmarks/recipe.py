@@ -26,13 +26,13 @@ from custom_nets.datasets.phantom.dataset import synthetic_datalist
 from custom_nets.evaluation.comparison import BASELINE_LABELS, ORACLE_LABEL, best_baseline, markdown_table
 from custom_nets.evaluation.evaluate import paired_difference
 from custom_nets.evaluation.pipeline import RunSettings, compare, run_models
-from custom_nets.io import atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import check_generated_doc, provenance, write_generated_doc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
+SCRIPT = "benchmarks/recipe.py"
 LABELS = {"oracle": ORACLE_LABEL, **BASELINE_LABELS, "scgan": "SC-GAN"}
 SPLIT = (0.65, 0.05, 0.30)
 
@@ -53,6 +53,8 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
+    if args.docs:
+        check_generated_doc(Path(args.docs) / "recipe.md", SCRIPT)  # before the hour of training, not after
     overrides = json.loads(args.overrides)
     datalist = synthetic_datalist(args.data, args.subjects, args.seed, SPLIT)
     content = json.loads(datalist.read_text(encoding="utf-8"))
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     seconds = time.perf_counter() - start
     if args.docs:
-        atomic_write_text(Path(args.docs) / "recipe.md", _markdown(report, content, args, seconds))
+        write_generated_doc(Path(args.docs) / "recipe.md", _markdown(report, content, args, seconds), SCRIPT)
     print(json.dumps(_summary(report, args, content)))
     return 0
 

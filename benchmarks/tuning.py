@@ -4,13 +4,15 @@ average, intensity normalisation, loss weights, learning rate), at equal iterati
 machine; the s / iteration column gives the cost), next to the per-voxel baselines, with the paired difference to the
 defaults and the test error split into a per-subject offset and the spatial rest.
 
-    python benchmarks/tuning.py                       # PET, 6 variants × 300 iterations, ~35 min on 2 cores
+    python benchmarks/tuning.py                       # PET, all 7 variants × 300 iterations
+    python benchmarks/tuning.py --variants 0 1 6      # tuning.md's table (41 min of training on 2 cores)
     python benchmarks/tuning.py --task md --variants 0 1       # MD: the defaults and the per-voxel prior
 
 The offset part of a subject's mean squared error is (mean error in the brain)²: a global over- or under-estimate,
 which for PET is the subject's amyloid load. No model that sees only one subject's MRI at a time can know it where
-the MRI does not show it, so a large offset share bounds what any of them can gain. Writes ``bundle/docs/tuning.md``,
-prints the table and one JSON line.
+the MRI does not show it, so a large offset share bounds what any of them can gain. Writes its section of
+``bundle/docs/tuning.md`` (``tuning_<task>.md`` for other tasks; hand-written sections around it are kept), prints
+the table and one JSON line.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from custom_nets.data import resolve, split_entries
 from custom_nets.datasets.phantom.dataset import synthetic_datalist
 from custom_nets.evaluation.evaluate import evaluate_predictions, find_prediction, paired_difference
 from custom_nets.evaluation.pipeline import RunSettings, model_overlays, run_baselines, task_settings, train_and_infer
-from custom_nets.io import atomic_write_text, load_volume
+from custom_nets.io import load_volume
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import provenance  # noqa: E402
+from _common import check_generated_doc, provenance, write_generated_doc  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 BUNDLE = ROOT / "bundle"
+SCRIPT = "benchmarks/tuning.py"
 DEFAULTS = "SC-GAN without the per-voxel prior (the paper's inputs)"
 VARIANTS = {  # name: (model, config overrides); each lever against the first row; the most informative first
     DEFAULTS: ("scgan", {"per_voxel_prior": False}),
@@ -98,7 +101,7 @@ def _findings(rows: dict, lookup: float) -> list[str]:
     return lines + [""]
 
 
-def _arguments() -> argparse.Namespace:
+def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--task", default="pet")
     parser.add_argument("--iterations", type=int, default=300)
@@ -107,7 +110,7 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", type=int, nargs="+", help="indices of VARIANTS to run (default: all)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def _markdown(rows: dict, args: argparse.Namespace, recorded: float, seconds: float) -> tuple[list[str], list[str]]:
@@ -153,8 +156,13 @@ def _markdown(rows: dict, args: argparse.Namespace, recorded: float, seconds: fl
     return table, lines
 
 
-def main() -> int:
-    args = _arguments()
+def _doc_path(args: argparse.Namespace) -> Path:
+    return Path(args.docs) / ("tuning.md" if args.task == "pet" else f"tuning_{args.task}.md")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    check_generated_doc(_doc_path(args), SCRIPT)  # before an hour of training, not after
     datalist = synthetic_datalist(args.data, 40, args.seed, (0.65, 0.05, 0.30))
     task = task_settings(BUNDLE, args.task)
     target_key, input_keys = task["target_key"], task["input_keys"]
@@ -197,9 +205,7 @@ def main() -> int:
     )
 
     table, lines = _markdown(rows, args, recorded, seconds)
-    atomic_write_text(
-        Path(args.docs) / ("tuning.md" if args.task == "pet" else f"tuning_{args.task}.md"), "\n".join(lines) + "\n"
-    )
+    write_generated_doc(_doc_path(args), "\n".join(lines), SCRIPT)
     print("\n".join(table))
     print(json.dumps({"benchmark": "tuning", "task": args.task, "iterations": args.iterations, "rows": rows}))
     return 0

@@ -39,6 +39,31 @@ def _ids_of(path: Path) -> set[str]:
     return set(content) if isinstance(content, dict) else set()
 
 
+def _tracking_ids(argv: Sequence[str]) -> set[str]:
+    """Top-level ids that ``--tracking`` adds at run time (``monai.bundle.run`` patches the bundle with the ``configs``
+    of MONAI's settings for a name such as ``mlflow``, or of the settings file given), so ``--tracking_uri`` and
+    ``--experiment_name`` are the bundle's ids when tracking is on."""
+    from monai.bundle.utils import DEFAULT_EXP_MGMT_SETTINGS
+
+    for index, token in enumerate(argv):
+        if token == "--tracking" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith("--tracking="):
+            value = token.split("=", 1)[1]
+        else:
+            continue
+        if value in DEFAULT_EXP_MGMT_SETTINGS:
+            settings = DEFAULT_EXP_MGMT_SETTINGS[value]
+        else:
+            try:
+                settings = json.loads(Path(value).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return set()  # MONAI itself reports a tracking file it cannot read
+        configs = settings.get("configs", {}) if isinstance(settings, dict) else {}
+        return set(configs) if isinstance(configs, dict) else set()
+    return set()
+
+
 def unknown_cli_ids(argv: Sequence[str] | None = None) -> list[tuple[str, list[str]]]:
     """``--id`` arguments of a ``python -m monai.bundle run …`` command line that name no top-level id of the bundle's
     configs (the files given, and every JSON beside them and in their ``tasks/`` and ``models/`` folders) nor an
@@ -52,7 +77,7 @@ def unknown_cli_ids(argv: Sequence[str] | None = None) -> list[tuple[str, list[s
         return []
     from monai.bundle.scripts import run
 
-    known = set(inspect.signature(run).parameters)
+    known = set(inspect.signature(run).parameters) | _tracking_ids(argv)
     folders = {f.parent for f in files} | {f.parent.parent for f in files if f.parent.name in ("tasks", "models")}
     for folder in folders:
         for path in [*folder.glob("*.json"), *folder.glob("tasks/*.json"), *folder.glob("models/*.json")]:

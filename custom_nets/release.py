@@ -73,6 +73,10 @@ def _metadata(metadata: dict, task: str, overlay: dict, version: str | None) -> 
     image["channel_def"] = {str(i): name for i, name in enumerate(inputs)}
     image["channel_def"][str(len(inputs))] = prior
     image["num_channels"] = len(inputs) + 1
+    meta["image_classes"] = (
+        f"{len(inputs) + 1} channels: {', '.join(inputs)}, each scaled to [0, 1] by its 0.5-99.5 percentiles inside"
+        f" the brain mask, and the per-voxel prior that the bundle computes from them (channel {len(inputs)})"
+    )
     pred = meta["network_data_format"]["outputs"]["pred"]
     pred["modality"] = TASK_MODALITY.get(task, "MR")
     pred["channel_def"] = {"0": f"synthesised {target.upper()} scaled to [0, 1] ({low:g} to {high:g} {unit})"}

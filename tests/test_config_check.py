@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -78,11 +79,23 @@ def test_malformed_override_is_named(item):
         (["--lr_gg=0.1"], ["lr_gg"]),
         (["--meta_file", "m.json", "--logging_file", "l.conf"], []),  # monai.bundle.run's own arguments
         (["--fa_only_overlay_id", "1"], ["fa_only_overlay_id"]),
+        # ids that MONAI's tracking settings add at run time exist only when tracking is on
+        (["--tracking", "mlflow", "--tracking_uri", "sqlite:///m.db", "--experiment_name", "x"], []),
+        (["--tracking=mlflow", "--run_name", "r"], []),
+        (["--tracking_uri", "sqlite:///m.db"], ["tracking_uri"]),
     ],
 )
 def test_unknown_command_line_ids(extra, unknown):
     argv = [MAIN, "run", "training", "--config_file", FILES, *extra]
     assert [name for name, _ in unknown_cli_ids(argv)] == unknown
+
+
+def test_ids_of_a_tracking_settings_file_are_known(tmp_path):
+    settings = tmp_path / "tracking.json"
+    settings.write_text(json.dumps({"configs": {"my_tracking_dir": "/tmp"}}))
+    argv = [MAIN, "run", "training", "--config_file", FILES, "--tracking", str(settings)]
+    assert unknown_cli_ids([*argv, "--my_tracking_dir", "/x"]) == []
+    assert [name for name, _ in unknown_cli_ids([*argv, "--tracking_uri", "x"])] == ["tracking_uri"]
 
 
 def test_python_api_and_other_programs_are_not_checked():

@@ -101,6 +101,7 @@ def test_metadata_mandatory_keys_versions_and_tensor_specs():
     pred = meta["network_data_format"]["outputs"]["pred"]
     assert [f for f in TENSOR_FIELDS if f not in image] == [] and [f for f in TENSOR_FIELDS if f not in pred] == []
     assert image["num_channels"] == 3 and [image["channel_def"][k] for k in "01"] == ["T1w", "FLAIR"]
+    assert meta["image_classes"].startswith(f"{image['num_channels']} channels: T1w and FLAIR")  # one count
     assert pred["num_channels"] == 1 and pred["dtype"] == "float32"
 
 

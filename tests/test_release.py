@@ -38,6 +38,8 @@ def test_released_bundle_passes_the_zoo_checks_and_serves_monai_label(task, data
     assert task in meta["name"] and meta["network_data_format"]["outputs"]["pred"]["modality"] == (
         "PT" if task == "pet" else "MR"
     )
+    image = meta["network_data_format"]["inputs"]["image"]
+    assert meta["image_classes"].startswith(f"{image['num_channels']} channels: T1w, FLAIR,")
     assert verify_release(root, data_dir) == {check: "passed" for check in ZOO_CHECKS}
     if task == "pet":  # without a dataset the workflow checks say so, the others still run
         offline = verify_release(root)
