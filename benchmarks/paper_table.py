@@ -277,7 +277,7 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         f"in their `run.json` files (this invocation: {seconds / 60:.1f} min; finished runs with the same settings "
         "are reused). Generated file: rerun the command to refresh it.",
         "",
-        f"- Data: synthetic subjects (`python -m custom_nets.datasets.phantom`, seed {args.seed}): "
+        f"- Data: synthetic subjects (`custom_nets.datasets.phantom`, seed {args.seed}): "
         f"{len(content['training'])} training subjects, {len(content['test'])} held-out test subjects, 2 mm MNI grid. "
         + (
             f"Each model's checkpoint is selected on the {len(content['validation'])} validation subjects as the "
@@ -300,7 +300,7 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
         )
         + ". Inference: `inference.json`.",
         "- Baselines without deep learning, fitted on the training subjects only "
-        "(`python -m custom_nets.evaluation.baselines`); "
+        "(`custom_nets.evaluation.baselines`); "
         "the oracle row scores the noise-free target (`<target>_noisefree` of the phantom): the error no synthesis "
         "can remove.",
         "- Metrics inside the brain mask, over the whole volume (`custom_nets/metrics.py`): NRMSE = RMSE / (max − min "

@@ -190,7 +190,7 @@ def test_monai_label_inference_call(as_list, stacked_case, data_dir, tmp_path):
     parser.read_config(str(root / "configs" / "inference.json"))
     parser.update({"bundle_root": str(root), "device": torch.device("cpu"), **TINY})
     network = parser.get_parsed_content("network_def")
-    checkpoint = torch.load(root / "models" / "model.pt", map_location="cpu")
+    checkpoint = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     network.load_state_dict(checkpoint.get("model", checkpoint))
     network.eval()
     preprocessing = parser.get_parsed_content("preprocessing")
@@ -252,7 +252,7 @@ def test_monai_label_training_call(stacked_case, tmp_path):
         logging_file=str(root / "configs" / "logging.conf"),
         **overrides,
     )
-    state = torch.load(root / "models" / "model.pt", map_location="cpu")
+    state = torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True)
     inference = ConfigParser()
     inference.read_config(str(root / "configs" / "inference.json"))
     inference.update({**TINY, "bundle_root": str(root)})
@@ -288,7 +288,7 @@ def test_ckpt_export_torchscript_and_onnx_match_eager(use_trace, tmp_path):
     parser.read_config(str(CONFIGS / "inference.json"))
     parser.update(TINY)
     network = parser.get_parsed_content("network_def")
-    network.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu"))
+    network.load_state_dict(torch.load(root / "models" / "model.pt", map_location="cpu", weights_only=True))
     network.eval()
     x = torch.rand(1, 3, 32, 32, 32)
     with torch.no_grad():
