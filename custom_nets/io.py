@@ -125,6 +125,12 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same folder renamed over it, so that a reader or
+    a crash never sees a half-written file. Returns ``path``.
+
+    Raises:
+        OSError: the folder does not exist or is not writable (the temporary file is removed).
+    """
     path = Path(path)
     with _atomic(path) as temporary, open(temporary, "wb") as stream:
         stream.write(data)
@@ -132,10 +138,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """``atomic_write_bytes`` of ``text`` encoded as UTF-8. Returns ``path``."""
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> Path:
+    """``atomic_write_text`` of ``data`` as JSON indented by 2, with a final newline. Returns ``path``."""
     return atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
@@ -180,7 +188,7 @@ def load_volume(
     channel_first: bool = False,
     volumes_as_channels: bool = False,
     axcodes: str | None = None,
-):
+) -> Any:
     """Read one image file through MONAI's ``LoadImage`` and check it is one finite 3D volume.
 
     Trailing axes of length 1 (a volume stored as (x, y, z, 1)) are dropped.

@@ -39,16 +39,30 @@ def _checked(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> to
 
 
 def masked_rmse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """Root mean squared error over the voxels where ``mask > 0``, in the target's unit.
+
+    Args:
+        pred: synthesis, any shape (e.g. ``(C, H, W, D)`` or ``(B, C, H, W, D)``).
+        target: reference of ``pred``'s shape.
+        mask: brain mask broadcastable to ``target``.
+
+    Raises:
+        ValueError: ``pred`` and ``target`` shapes differ, or the mask is empty.
+    """
     mask = _checked(pred, target, mask)
     return float(torch.sqrt(((pred.double() - target.double())[mask] ** 2).mean()))
 
 
 def masked_nrmse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> float:
+    """``masked_rmse`` divided by the target's range (max − min) inside the mask: unitless. Arguments and errors as
+    ``masked_rmse``."""
     values = target[_checked(pred, target, mask)].double()
     return masked_rmse(pred, target, mask) / max(float(values.max() - values.min()), 1e-12)
 
 
 def masked_psnr(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float | None = None) -> float:
+    """Peak signal-to-noise ratio in dB, ``20·log10(data_range / masked_rmse)``; ``data_range`` defaults to the
+    target's range inside the mask. Arguments and errors as ``masked_rmse``."""
     values = target[_checked(pred, target, mask)].double()
     data_range = float(values.max() - values.min()) if data_range is None else data_range
     return 20 * math.log10(data_range / max(masked_rmse(pred, target, mask), 1e-12))
@@ -72,6 +86,9 @@ def _gaussian_blur(x: torch.Tensor, sigma: float = 1.5, radius: int = 5) -> torc
 
 
 def masked_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float | None = None) -> float:
+    """Structural similarity (Wang et al., IEEE TIP 2004) averaged over the mask's voxels: the SSIM map of the whole
+    volume with a Gaussian window (σ 1.5 voxels, zero padding), K1 0.01, K2 0.03, ``data_range`` by default the
+    target's range in the mask. Shapes ``(B, C, *spatial)`` with 2 or 3 spatial dims. Errors as ``masked_rmse``."""
     mask = _checked(pred, target, mask)
     values = target[mask].double()
     data_range = float(values.max() - values.min()) if data_range is None else data_range
@@ -111,7 +128,7 @@ class BrainMaskedMetric(CumulativeIterationMetric):
         return data.float().mean() if isinstance(data, torch.Tensor) else torch.tensor(float("nan"))
 
 
-def pred_and_label_with_mask(output) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+def pred_and_label_with_mask(output: dict | list[dict]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
     """Output transform for an evaluator: ``(pred list, [cat(label, mask)] list)`` from decollated items.
 
     The mask is read from ``pred_mask`` (copied into the output by the postprocessing, since MONAI keeps batch keys

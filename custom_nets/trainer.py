@@ -41,7 +41,9 @@ class GanKeys:
     LOSSES = (G_LOSS, D_LOSS, ADV, FM, L1, RMSE, DISTILL_OUTPUT, DISTILL_FEATURE)
 
 
-def prepare_batch_with_mask(batchdata: dict, device: torch.device, non_blocking: bool = False, **kwargs):
+def prepare_batch_with_mask(
+    batchdata: dict, device: torch.device, non_blocking: bool = False, **kwargs: object
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(image, label, mask)`` on ``device``; the mask is all ones when the batch has none."""
     image = batchdata[CommonKeys.IMAGE].to(device, non_blocking=non_blocking, **kwargs)
     label = batchdata[CommonKeys.LABEL].to(device, non_blocking=non_blocking, **kwargs)

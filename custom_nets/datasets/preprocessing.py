@@ -17,7 +17,7 @@ ITK's LPS physical space happens here only. ``python -m custom_nets.preprocess``
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -146,7 +146,9 @@ def rotation_degrees(matrix: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip((np.trace(rotation) - 1) / 2, -1.0, 1.0))))
 
 
-def rigid_matrix(degrees: tuple[float, float, float], shift_mm: tuple[float, float, float], centre) -> np.ndarray:
+def rigid_matrix(
+    degrees: tuple[float, float, float], shift_mm: tuple[float, float, float], centre: Sequence[float] | np.ndarray
+) -> np.ndarray:
     """4×4 RAS transform: rotations about x, y then z (degrees) around ``centre`` (mm), then a shift (mm)."""
     rx, ry, rz = np.radians(degrees)
     x = np.array([[1, 0, 0], [0, np.cos(rx), -np.sin(rx)], [0, np.sin(rx), np.cos(rx)]])

@@ -15,6 +15,7 @@ Inputs are normalised per subject and channel inside the brain exactly as the bu
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,11 @@ class PopulationMean:
 
 
 class IntensityLookup:
+    """The intensity lookup table: the mean training target of each cell of a regular grid over the scaled input
+    intensities (``bins`` per channel), the population mean in cells no training voxel reached. A per-voxel
+    regression without spatial context, the baseline a synthesis network has to beat.
+    """
+
     def __init__(self, bins: int = 32) -> None:
         self.bins = bins
 
@@ -66,6 +72,8 @@ class IntensityLookup:
         return np.ravel_multi_index(tuple(index), (self.bins,) * x.shape[0])
 
     def fit(self, inputs: list[np.ndarray], targets: list[np.ndarray], masks: list[np.ndarray]) -> IntensityLookup:
+        """Fit on training subjects: ``inputs`` ``(C, N)`` in [0, 1] of each subject's N brain voxels, ``targets``
+        and boolean ``masks`` the subject's volumes. Returns ``self``."""
         x = np.concatenate(inputs, axis=1)
         y = np.concatenate([t[m] for t, m in zip(targets, masks)])
         cells = self._cells(x)
@@ -76,6 +84,7 @@ class IntensityLookup:
         return self
 
     def predict(self, inputs: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """The table's values for ``inputs`` ``(C, N)`` placed at the N voxels of ``mask``; 0 outside it."""
         out = np.zeros(mask.shape)
         out[mask] = self.table[self._cells(inputs)]
         return out
@@ -120,7 +129,7 @@ def predict_split(
     datalist: str | Path,
     target_key: str,
     out_dir: str | Path,
-    input_keys=("t1w", "flair"),
+    input_keys: Sequence[str] = ("t1w", "flair"),
     split: str = "test",
     normalization: str = "percentile",
 ) -> dict[str, Path]:

@@ -27,10 +27,14 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from custom_nets.evaluation.baselines import predict_split
 from custom_nets.evaluation.evaluate import evaluate_predictions, noise_free_predictions
 from custom_nets.io import atomic_write_json
+
+if TYPE_CHECKING:
+    from monai.bundle import ConfigWorkflow
 
 __all__ = [
     "RunSettings",
@@ -86,7 +90,9 @@ def configs_dir(bundle: str | Path) -> Path:
     return configs
 
 
-def bundle_workflow(bundle: str | Path, config: str, overlays: Sequence[str | Path] = (), **overrides):
+def bundle_workflow(
+    bundle: str | Path, config: str, overlays: Sequence[str | Path] = (), **overrides: object
+) -> ConfigWorkflow:
     """A MONAI ``ConfigWorkflow`` of ``<bundle>/configs/<config>`` (``train.json``, ``inference.json``, ...) plus
     ``overlays`` (file paths) and config-id ``overrides``; its type is taken from the config's name."""
     from monai.bundle import ConfigWorkflow

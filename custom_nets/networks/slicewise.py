@@ -32,7 +32,12 @@ class SliceWise(nn.Module):
     def _unfold(self, y: torch.Tensor, batch: int) -> torch.Tensor:
         return y.unflatten(0, [batch, -1]).movedim(1, self.axis)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor):  # -> Tensor or list[Tensor]; unannotated so that torch.jit.script takes both
+        """``x`` ``(B, C, H, W, D)`` → the 2D network's output per slice, restacked along ``axis``.
+
+        Raises:
+            ValueError: ``x`` is not 5D.
+        """
         # written for torch.jit.script too (a generator's Tensor output; the list branch is a discriminator's)
         if x.ndim != 5:
             raise ValueError(f"SliceWise expects a 3D input (B, C, H, W, D), got shape {list(x.shape)}.")
