@@ -16,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -176,6 +176,19 @@ def _markers(script: str) -> tuple[str, str]:
     )
 
 
+def _read_document(path: Path) -> str:
+    """The document's text with its own line endings (``newline=""``); errors name the file."""
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path} is not a file: a benchmark's document goes there (give another --docs folder).")
+    try:
+        with open(path, encoding="utf-8", newline="") as stream:
+            return stream.read()
+    except FileNotFoundError:
+        return ""
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
+
+
 def _generated_span(path: Path, text: str, script: str) -> tuple[int, int] | None:
     """Start and end offsets of ``script``'s section in ``text``; None for an empty file. Raises ``ValueError`` for
     a file that has other text and no (or unbalanced) markers."""
@@ -193,30 +206,62 @@ def _generated_span(path: Path, text: str, script: str) -> tuple[int, int] | Non
 
 
 def check_generated_doc(path: str | os.PathLike, script: str) -> Path:
-    """Raise ``ValueError`` (naming the file) before a benchmark runs when writing its document at the end would
-    overwrite text the benchmark did not generate; see ``write_generated_doc``. Returns ``path``."""
+    """Check, before a benchmark runs, that it can write its document ``path`` at the end: the folder exists or is
+    created and is writable, ``path`` is a file or absent, and writing keeps the text the benchmark did not generate
+    (see ``write_generated_doc``). Returns ``path``.
+
+    Raises:
+        ValueError: ``path`` is not a file, not UTF-8, or has text but not exactly one pair of markers.
+        OSError: the folder cannot be created or written (a file in its place, no permission).
+    """
+    import tempfile
+
     path = Path(path)
-    if path.is_file():
-        _generated_span(path, path.read_text(encoding="utf-8"), script)
+    _generated_span(path, _read_document(path), script)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".write-check-"):
+        pass
     return path
 
 
-def write_generated_doc(path: str | os.PathLike, generated: str, script: str) -> Path:
+def write_generated_doc(
+    path: str | os.PathLike, generated: str, script: str, figures: Sequence[str | os.PathLike] = ()
+) -> Path:
     """Write ``generated`` (markdown) as ``script``'s section of the document ``path``, atomically.
 
     The section sits between two HTML comment lines naming ``script`` (invisible when rendered); a document that
     does not exist (or is empty) is created with them, and in one that exists only the text between them is replaced,
-    so sections written by hand before or after it (``bundle/docs/tuning.md``'s) survive a rerun.
+    so sections written by hand before or after it (``bundle/docs/tuning.md``'s) survive a rerun. The document keeps
+    its line endings (CRLF stays CRLF). If the document cannot be written (its markers were edited away during the
+    run, the folder went read-only), the section is saved to a temporary file that the error names, so an hour of
+    measurement is not lost.
+
+    ``figures`` (rendered by the run into its output folder) are copied into ``<folder of path>/figures/`` first, so
+    that a run stopped or failed part-way leaves the document and its figures as they were, not a mix of two runs.
 
     Raises:
-        ValueError: ``path`` has text but not exactly one pair of markers (checked first by ``check_generated_doc``).
+        ValueError: ``path`` is not a file, or has text but not exactly one pair of markers (both checked first by
+            ``check_generated_doc``).
+        OSError: ``path`` cannot be written.
     """
-    from custom_nets.io import atomic_write_text
+    import tempfile
+
+    from custom_nets.io import atomic_write_bytes, atomic_write_text
 
     path = Path(path)
     begin, end = _markers(script)
     section = f"{begin}\n{generated.rstrip()}\n{end}"
-    text = path.read_text(encoding="utf-8") if path.is_file() else ""
-    span = _generated_span(path, text, script)
-    content = section + "\n" if span is None else text[: span[0]] + section + text[span[1] :]
-    return atomic_write_text(path, content)
+    try:
+        text = _read_document(path)
+        if "\r\n" in text:
+            section = section.replace("\r\n", "\n").replace("\n", "\r\n")
+        span = _generated_span(path, text, script)
+        for figure in map(Path, figures):
+            atomic_write_bytes(path.parent / "figures" / figure.name, figure.read_bytes())
+        content = section + "\n" if span is None else text[: span[0]] + section + text[span[1] :]
+        return atomic_write_text(path, content)
+    except (OSError, ValueError) as error:
+        handle, saved = tempfile.mkstemp(prefix=f"{path.stem}-", suffix=".generated.md")
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            stream.write(section + "\n")
+        raise type(error)(f"{error} The generated section is saved in {saved}.") from error

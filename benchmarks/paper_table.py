@@ -76,7 +76,9 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--minutes", type=float, help="wall-clock minutes per model instead of the mode's budget")
     parser.add_argument("--data", help="dataset folder, generated when it has no datalist (default: by mode)")
     parser.add_argument("--out", default=str(ROOT / "bundle" / "eval" / "paper_table"))
-    parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"), help="where results.md and figures go")
+    parser.add_argument(
+        "--docs", default=str(ROOT / "bundle" / "docs"), help="where results.md and figures go ('' for none)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-ablations", action="store_true", help="the comparison models only")
     parser.add_argument(
@@ -118,7 +120,8 @@ def _settings(args: argparse.Namespace, mode: dict) -> RunSettings:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    check_generated_doc(Path(args.docs) / "results.md", SCRIPT)  # before the hours of training, not after
+    if args.docs:
+        check_generated_doc(Path(args.docs) / "results.md", SCRIPT)  # before the hours of training, not after
     mode = MODES[args.mode]
     settings = _settings(args, mode)
     default_data = "synthetic" if mode["subjects"] == 20 else "benchmark"  # the demo's cohort, or recipe.py's
@@ -130,7 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     selected = ("_selected" if args.model_selection else "") + ("_interleaved" if args.interleaved_cost else "")
     out = Path(args.out).absolute() / f"{args.mode}_{size}_seed{settings['seed']}{selected}{shared}"
-    docs = Path(args.docs).absolute()
 
     start = time.perf_counter()
     report: dict = {"mode": args.mode, "settings": dict(settings), "tasks": {}}
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = entry["rows"]
         shown = {"intensity_lookup": "lookup table", **{m: MODEL_LABELS[m].split(" (")[0] for m in COMPARISON_MODELS}}
         entry["figure"] = comparison_figure(
-            docs / "figures" / f"results_{task}.png",
+            out / "figures" / f"results_{task}.png",  # copied beside results.md with it, at the end
             datalist,
             entry["input_keys"],
             entry["target_key"],
@@ -165,11 +167,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{task}:\n" + "\n".join(markdown_table(rows, LABELS, interval=True)))
     seconds = time.perf_counter() - start
 
-    lines = _results_markdown(report, content, args, seconds, docs)
-    write_generated_doc(docs / "results.md", "\n".join(lines), SCRIPT)
+    lines = _results_markdown(report, content, args, seconds)
     summary = _summary(report, args, seconds)
-    print(f"\nwritten: {docs / 'results.md'}")
     print(json.dumps(summary))
+    if args.docs:
+        figures = [entry["figure"] for entry in report["tasks"].values()]
+        document = write_generated_doc(Path(args.docs) / "results.md", "\n".join(lines), SCRIPT, figures)
+        print(f"written: {document}", file=sys.stderr)
     return 0
 
 
@@ -222,7 +226,7 @@ def _relative(gain: float) -> str:
     return f"{100 * abs(gain):.1f} % {'lower' if gain > 0 else 'higher'}"
 
 
-def _results_markdown(report: dict, content: dict, args, seconds: float, docs: Path) -> list[str]:
+def _results_markdown(report: dict, content: dict, args, seconds: float) -> list[str]:
     settings = report["settings"]
     runs = [row["run"] for entry in report["tasks"].values() for row in entry["models"].values()]
     per_iteration = float(np.median([r["seconds_per_iteration"] for r in runs]))
@@ -244,6 +248,8 @@ def _results_markdown(report: dict, content: dict, args, seconds: float, docs: P
     if args.interleaved_cost:
         command += " --interleaved-cost"
     command += "".join(f" --override {item}" for item in args.override)
+    if Path(args.docs).absolute() != ROOT / "bundle" / "docs":
+        command += f" --docs {args.docs}"
     first_models = next(iter(report["tasks"].values()))["models"]
     if settings["minutes"] > 0 and args.interleaved_cost:
         costs = {

@@ -85,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     seconds = time.perf_counter() - start
+    print(json.dumps(_summary(report, args, content)))
     if args.docs:
         write_generated_doc(Path(args.docs) / "recipe.md", _markdown(report, content, args, seconds), SCRIPT)
-    print(json.dumps(_summary(report, args, content)))
     return 0
 
 

@@ -107,7 +107,7 @@ def _arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=300)
     parser.add_argument("--data", default=str(ROOT / "data" / "benchmark"), help="benchmarks/recipe.py's cohort")
     parser.add_argument("--out", default=str(ROOT / "bundle" / "eval" / "tuning"))
-    parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"))
+    parser.add_argument("--docs", default=str(ROOT / "bundle" / "docs"), help="where tuning.md goes ('' for none)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--variants", type=int, nargs="+", help="indices of VARIANTS to run (default: all)")
     return parser.parse_args(argv)
@@ -162,7 +162,8 @@ def _doc_path(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    check_generated_doc(_doc_path(args), SCRIPT)  # before an hour of training, not after
+    if args.docs:
+        check_generated_doc(_doc_path(args), SCRIPT)  # before an hour of training, not after
     datalist = synthetic_datalist(args.data, 40, args.seed, (0.65, 0.05, 0.30))
     task = task_settings(BUNDLE, args.task)
     target_key, input_keys = task["target_key"], task["input_keys"]
@@ -205,9 +206,10 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     table, lines = _markdown(rows, args, recorded, seconds)
-    write_generated_doc(_doc_path(args), "\n".join(lines), SCRIPT)
     print("\n".join(table))
     print(json.dumps({"benchmark": "tuning", "task": args.task, "iterations": args.iterations, "rows": rows}))
+    if args.docs:
+        write_generated_doc(_doc_path(args), "\n".join(lines), SCRIPT)
     return 0
 
 

@@ -65,9 +65,9 @@ def _tracking_ids(argv: Sequence[str]) -> set[str]:
 
 
 def unknown_cli_ids(argv: Sequence[str] | None = None) -> list[tuple[str, list[str]]]:
-    """``--id`` arguments of a ``python -m monai.bundle run …`` command line that name no top-level id of the bundle's
-    configs (the files given, and every JSON beside them and in their ``tasks/`` and ``models/`` folders) nor an
-    argument of ``monai.bundle.run``; each with its closest known ids. Nested ids (``a#b``) are checked by their first
+    """``--id`` arguments of a ``python -m monai.bundle run …`` command line that name no top-level id of the configs
+    given (``--lambda_adv`` with ``inference.json`` alone would be ignored), nor an argument of ``monai.bundle.run``,
+    nor an id that ``--tracking`` adds; each with its closest known ids. Nested ids (``a#b``) are checked by their first
     part. Any other command line (tests, Python API) gives an empty list."""
     argv = list(sys.argv if argv is None else argv)
     if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
@@ -78,10 +78,8 @@ def unknown_cli_ids(argv: Sequence[str] | None = None) -> list[tuple[str, list[s
     from monai.bundle.scripts import run
 
     known = set(inspect.signature(run).parameters) | _tracking_ids(argv)
-    folders = {f.parent for f in files} | {f.parent.parent for f in files if f.parent.name in ("tasks", "models")}
-    for folder in folders:
-        for path in [*folder.glob("*.json"), *folder.glob("tasks/*.json"), *folder.glob("models/*.json")]:
-            known |= _ids_of(path)
+    for path in files:  # only the configs given: MONAI adds an id no config defines and nothing reads it
+        known |= _ids_of(path)
     unknown = []
     for token in argv[1:]:
         if not token.startswith("--") or len(token) <= 2:

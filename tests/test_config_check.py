@@ -90,6 +90,12 @@ def test_unknown_command_line_ids(extra, unknown):
     assert [name for name, _ in unknown_cli_ids(argv)] == unknown
 
 
+def test_ids_of_other_configs_are_not_ids_of_the_given_ones():
+    """A training id given to an inference command would be ignored: it is named."""
+    argv = [MAIN, "run", "inferring", "--config_file", f"['{CONFIGS / 'inference.json'}']", "--lambda_adv", "0"]
+    assert [name for name, _ in unknown_cli_ids(argv)] == ["lambda_adv"]
+
+
 def test_ids_of_a_tracking_settings_file_are_known(tmp_path):
     settings = tmp_path / "tracking.json"
     settings.write_text(json.dumps({"configs": {"my_tracking_dir": "/tmp"}}))
