@@ -142,6 +142,12 @@ def _example(action: argparse.Action | None) -> str:
     return "placeholder"
 
 
+def _is_placeholder(value: str, action: argparse.Action | None) -> bool:
+    """``value`` stands for a user's value: ``...``, ``<x>`` or capitals, unless the option accepts it as written."""
+    accepted = action is not None and action.choices is not None and value in map(str, action.choices)
+    return bool(PLACEHOLDER.match(value)) and not accepted
+
+
 def _concrete(parser: argparse.ArgumentParser, arguments: list[str]) -> list[str]:
     """``arguments`` with optional parts (``[--n4]``) kept and placeholders replaced by values their option takes."""
     options = {option: action for action in parser._actions for option in action.option_strings}
@@ -151,12 +157,12 @@ def _concrete(parser: argparse.ArgumentParser, arguments: list[str]) -> list[str
         if token.startswith("-"):
             flag, _, value = token.partition("=")
             current = options.get(flag)
-            concrete.append(f"{flag}={_example(current)}" if value and PLACEHOLDER.match(value) else token)
+            concrete.append(f"{flag}={_example(current)}" if value and _is_placeholder(value, current) else token)
             if current is not None and current.nargs == 0:
                 current = None
             continue
         owner = current if current is not None else next(positionals, None)
-        concrete.append(_example(owner) if PLACEHOLDER.match(token) else token)
+        concrete.append(_example(owner) if _is_placeholder(token, owner) else token)
         if current is not None and current.nargs in (None, 1):
             current = None
     return concrete
@@ -343,3 +349,25 @@ def test_a_broken_quote_is_an_error():
 def test_the_parse_check_rejects_broken_commands(argv, monkeypatch, capsys):
     with pytest.raises(pytest.fail.Exception):
         test_documented_commands_parse("probe", ROOT, argv, monkeypatch, capsys)
+
+
+def _toy_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("datalist")
+    parser.add_argument("--mode", choices=["STANDARD", "quick"])
+    parser.add_argument("--task", choices=["pet", "fa"])
+    parser.add_argument("--minutes", type=float)
+    return parser
+
+
+@pytest.mark.parametrize(
+    "arguments, expected",
+    [
+        (["FILE", "--mode", "STANDARD"], ["placeholder", "--mode", "STANDARD"]),  # a choice written in capitals
+        (["FILE", "--mode=STANDARD"], ["placeholder", "--mode=STANDARD"]),
+        (["<datalist>", "--task", "TASK"], ["placeholder", "--task", "pet"]),
+        (["data.json", "--minutes", "N", "[--task", "fa]"], ["data.json", "--minutes", "1", "--task", "fa"]),
+    ],
+)
+def test_placeholders_are_replaced_and_capitalised_choices_kept(arguments, expected):
+    assert _concrete(_toy_parser(), arguments) == expected
