@@ -64,6 +64,13 @@ def _tracking_ids(argv: Sequence[str]) -> set[str]:
     return set()
 
 
+def _cli_ids(argv: Sequence[str]) -> set[str]:
+    """Top-level ids set by ``--id`` arguments of a ``monai.bundle`` command line (none for any other program)."""
+    if not argv or not argv[0].replace("\\", "/").endswith("monai/bundle/__main__.py"):
+        return set()
+    return {token[2:].split("=", 1)[0].split("#", 1)[0] for token in argv[1:] if token.startswith("--")}
+
+
 def unknown_cli_ids(argv: Sequence[str] | None = None) -> list[tuple[str, list[str]]]:
     """``--id`` arguments of a ``python -m monai.bundle run …`` command line that name no top-level id of the configs
     given (``--lambda_adv`` with ``inference.json`` alone would be ignored), nor an argument of ``monai.bundle.run``,
@@ -98,12 +105,16 @@ def check_settings(
     argv: Sequence[str] | None = None,
     files: Mapping[str, str | Path] | None = None,
     discriminator_roi_size: Sequence[int] | int | None = None,
+    task_ids: Mapping[str, object] | None = None,
 ) -> bool:
     """Raise one ``ValueError`` naming the id and value when the configuration cannot be what the user meant.
 
     Checks: every ``--id`` of a ``monai.bundle run`` command line is an id of the bundle (``--patch_sizee`` would
     otherwise be ignored); ``task`` is a plain name (it names files: ``models/model_<task>.pt``) with an overlay
-    ``tasks/<task>.json`` when ``tasks_dir`` is given; ``patch_size`` is a list of positive integers, each a multiple
+    ``tasks/<task>.json`` when ``tasks_dir`` is given, and that overlay was applied: each of ``task_ids`` (the
+    config's values of ids that define a task, e.g. ``target_key``, ``out_act``) equals the overlay's value unless the
+    id is set on the command line (``--task fa`` with ``train.json`` alone would otherwise train the PET defaults under
+    the name fa); ``patch_size`` is a list of positive integers, each a multiple
     of the generator's ``size_divisor`` (``prod(strides)``); ``discriminator_roi_size`` is null, a positive integer
     or one positive integer per dimension of ``patch_size``; every non-empty path of ``files`` (``{id: path}``, e.g.
     ``teacher_weights``) is an existing file.
@@ -134,6 +145,18 @@ def check_settings(
                 f"task {task!r} has no overlay {Path(tasks_dir) / (task + '.json')}; known tasks: {tasks}. Select a "
                 "task with its overlay (--config_file \"['configs/train.json','configs/tasks/fa.json']\"), or add one."
             )
+        overlay_path = Path(tasks_dir) / f"{task}.json"
+        overlay = json.loads(overlay_path.read_text(encoding="utf-8")) if overlay_path.is_file() else {}
+        on_command_line = _cli_ids(list(sys.argv if argv is None else argv))
+        for name, value in (task_ids or {}).items():
+            if name in overlay and name not in on_command_line and value != overlay[name]:
+                raise ValueError(
+                    f"task {task!r}: {name} is {value!r}, but the task's overlay {overlay_path} sets "
+                    f"{overlay[name]!r}: the overlay is not among the configs, or a later one overrides it. Give it "
+                    "(--config_file "
+                    f"\"['configs/train.json','configs/tasks/{task}.json']\"), or set --{name} on the command line to "
+                    "override it on purpose."
+                )
     if isinstance(patch_size, (str, bytes)) or not isinstance(patch_size, Sequence) or not patch_size:
         raise ValueError(f"patch_size {patch_size!r}: expected a list of positive integers, e.g. [64,64,64].")
     if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch_size):

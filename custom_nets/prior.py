@@ -10,7 +10,9 @@ coefficients are stored beside the weights (``models/prior_<task>.json``) and in
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,9 +22,17 @@ from monai.transforms import MapTransform
 
 from custom_nets.io import atomic_write_json, read_json
 
-__all__ = ["CubicPolynomial", "fit_prior", "load_prior", "load_or_fit_prior", "AppendPriord"]
+__all__ = [
+    "CubicPolynomial",
+    "fit_prior",
+    "load_prior",
+    "load_or_fit_prior",
+    "training_data_fingerprint",
+    "AppendPriord",
+]
 
 PRIOR_FORMAT = "scgan-per-voxel-prior/1"
+logger = logging.getLogger(__name__)
 
 
 class CubicPolynomial:
@@ -52,10 +62,19 @@ class CubicPolynomial:
         return out
 
 
-def fit_prior(items: Sequence[Mapping], transforms: Sequence, input_keys: Sequence[str], normalization: str) -> dict:
+def fit_prior(
+    items: Sequence[Mapping],
+    transforms: Sequence,
+    input_keys: Sequence[str],
+    normalization: str,
+    target_key: str | None = None,
+    target_range: Sequence[float] | None = None,
+) -> dict:
     """Fit ``CubicPolynomial`` on training ``items`` (``{"image", "label", "mask"?}``, as the bundle's datasets hold
     them) after ``transforms`` (the bundle's preprocessing without the prior), so the polynomial sees exactly the
-    network's normalised inputs; the target is in the preprocessed [0, 1] scale.
+    network's normalised inputs; the target is in the preprocessed [0, 1] scale. The result records what it was fitted
+    for (``input_keys``, ``normalization``, ``target_key``, ``target_range``) and on (``training_data_fingerprint``),
+    so that a later run can tell whether it still applies.
 
     Raises:
         ValueError: no items, or an item without a ``label``.
@@ -83,39 +102,94 @@ def fit_prior(items: Sequence[Mapping], transforms: Sequence, input_keys: Sequen
         "input_keys": list(input_keys),
         "normalization": normalization,
         "training_items": len(items),
+        "target_key": target_key,
+        "target_range": None if target_range is None else [float(v) for v in target_range],
+        "training_data_fingerprint": training_data_fingerprint(items),
     }
 
 
-def load_prior(path: str | Path, input_keys: Sequence[str] | None = None, normalization: str | None = None) -> dict:
-    """Read a prior written by ``load_or_fit_prior``.
+def training_data_fingerprint(items: Sequence[Mapping]) -> str:
+    """SHA-256 (16 hex digits) of the training items' files: every path of ``image``, ``label`` and ``mask`` with its
+    size and modification time, in a fixed order. Rewriting, replacing or adding a file changes it, reading the data
+    does not (so checking it costs no more than listing the files). A file that does not exist counts as absent."""
+    digest = hashlib.sha256()
+    for item in sorted(items, key=lambda i: str(i.get("label", i.get("image")))):
+        for key in ("image", "label", "mask"):
+            value = item.get(key)
+            for name in [value] if isinstance(value, (str, Path)) else list(value or []):
+                path = Path(name)
+                stat = path.stat() if path.is_file() else None
+                size, modified = (stat.st_size, stat.st_mtime_ns) if stat else (-1, -1)
+                digest.update(f"{key}\0{path.absolute()}\0{size}\0{modified}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_prior(
+    path: str | Path,
+    input_keys: Sequence[str] | None = None,
+    normalization: str | None = None,
+    target_key: str | None = None,
+) -> dict:
+    """Read a prior written by ``load_or_fit_prior`` and check it was fitted for ``input_keys``, ``normalization`` and
+    ``target_key`` (each checked when given; a prior that records no target is not checked for it).
 
     Raises:
         FileNotFoundError: ``path`` does not exist (train with ``per_voxel_prior: true`` first; it is written beside
             the weights).
-        ValueError: the file is not a prior, or was fitted for other inputs or another normalisation.
+        ValueError: the file is not a prior, or was fitted for other inputs, another normalisation or another target.
     """
     path = Path(path)
     hint = "it is written by training with per_voxel_prior true, beside the weights; copy it with the model."
     prior = read_json(path, "per-voxel prior", hint)
     if prior.get("format") != PRIOR_FORMAT:
         raise ValueError(f"{path} is not a per-voxel prior (format {prior.get('format')!r}, expected {PRIOR_FORMAT}).")
-    for key, expected in (("input_keys", list(input_keys) if input_keys else None), ("normalization", normalization)):
-        if expected is not None and prior[key] != expected:
+    expectations = (
+        ("input_keys", list(input_keys) if input_keys else None),
+        ("normalization", normalization),
+        ("target_key", target_key),
+    )
+    for key, expected in expectations:
+        if expected is not None and prior.get(key) is not None and prior[key] != expected:
             raise ValueError(f"{path}: fitted for {key} {prior[key]!r}, but the config has {expected!r}.")
     return prior
 
 
 def load_or_fit_prior(
-    path: str | Path, items: Sequence[Mapping], transforms: Sequence, input_keys: Sequence[str], normalization: str
+    path: str | Path,
+    items: Sequence[Mapping],
+    transforms: Sequence,
+    input_keys: Sequence[str],
+    normalization: str,
+    target_key: str | None = None,
+    target_range: Sequence[float] | None = None,
 ) -> dict:
-    """The prior at ``path`` when it matches the inputs (a resumed run), else ``fit_prior`` written there
-    atomically."""
+    """The prior at ``path`` when it was fitted for the same inputs, normalisation, target and target range on the
+    same training files (a resumed run, or a rerun on unchanged data); otherwise ``fit_prior`` on ``items``, written
+    there atomically, with the reason logged: a prior left by another dataset, target or task is never reused.
+
+    Raises:
+        ValueError: as ``fit_prior``, or the file at ``path`` is not a per-voxel prior.
+    """
     path = Path(path)
     if path.is_file():
         prior = load_prior(path)
-        if (prior["input_keys"], prior["normalization"]) == (list(input_keys), normalization):
+        expected = {
+            "input_keys": list(input_keys),
+            "normalization": normalization,
+            "target_key": target_key,
+            "target_range": None if target_range is None else [float(v) for v in target_range],
+            "training_data_fingerprint": training_data_fingerprint(items),
+        }
+        differing = [key for key, value in expected.items() if prior.get(key) != value]
+        if not differing:
             return prior
-    prior = fit_prior(items, transforms, input_keys, normalization)
+        logger.warning(
+            "per-voxel prior %s was fitted for another %s; refitting it on the %d training items.",
+            path,
+            ", ".join(differing),
+            len(items),
+        )
+    prior = fit_prior(items, transforms, input_keys, normalization, target_key, target_range)
     atomic_write_json(path, prior)
     return prior
 

@@ -36,6 +36,39 @@ def test_good_settings_pass():
     assert check_settings("fa", [64, 96, 64], 32, CONFIGS / "tasks", argv=[])
 
 
+PET_IDS = {"target_key": "pet", "out_act": "relu", "degrade_factor": 1}
+
+
+@pytest.mark.parametrize(
+    "task, task_ids, argv, message",
+    [
+        ("fa", PET_IDS, [], "task 'fa': target_key is 'pet', but the task's overlay .*fa.json sets 'fa'"),
+        ("sr", {**PET_IDS, "target_key": "fa"}, [], "out_act is 'relu', but .*sr.json sets 'sigmoid'"),
+        ("fa", {**PET_IDS, "target_key": "fa"}, [MAIN, "--target_key", "fa"], "out_act is 'relu'"),
+        ("md", {**PET_IDS, "target_key": "md"}, [MAIN, "--task=md", "--target_key=md"], None),  # relu, 1: as md.json
+        ("fa", {**PET_IDS, "out_act": "sigmoid"}, [MAIN, "--target_key", "pet"], None),  # overridden on purpose
+        ("pet", PET_IDS, [], None),
+    ],
+)
+def test_the_task_overlay_must_have_been_applied(task, task_ids, argv, message):
+    """``--task fa`` on ``train.json`` alone used to train the PET defaults under the name fa, without a word."""
+    if message is None:
+        assert check_settings(task, [64] * 3, 32, CONFIGS / "tasks", argv=argv, task_ids=task_ids)
+        return
+    with pytest.raises(ValueError, match=message):
+        check_settings(task, [64] * 3, 32, CONFIGS / "tasks", argv=argv, task_ids=task_ids)
+
+
+def test_task_without_its_overlay_stops_before_anything_is_written(tmp_path):
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", "configs/train.json"]
+    command += ["--ckpt_dir", str(tmp_path / "models"), "--output_dir", str(tmp_path / "eval"), "--task", "fa"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=CONFIGS.parent)
+    assert result.returncode != 0
+    assert "task 'fa': target_key is 'pet', but the task's overlay" in result.stderr
+    assert not (tmp_path / "models").exists()
+
+
 @pytest.mark.parametrize("roi", [None, 32, [32, 48, 16]])
 def test_discriminator_roi_sizes_accepted(roi):
     assert check_settings("fa", [64] * 3, 32, argv=[], discriminator_roi_size=roi)

@@ -46,8 +46,12 @@ def test_prior_channel_equals_the_cubic_polynomial_baseline(data_dir, tmp_path):
 def test_prior_is_written_once_and_checked(data_dir, tmp_path):
     path = tmp_path / "prior_pet.json"
     items = load_items(data_dir / "datalist.json", "training", ["t1w", "flair"], "pet")
-    first = load_or_fit_prior(path, items, _chain(), ["t1w", "flair"], "percentile")
-    assert path.is_file() and load_or_fit_prior(path, [], _chain(), ["t1w", "flair"], "percentile") == first
+    first = load_or_fit_prior(path, items, _chain(), ["t1w", "flair"], "percentile", "pet", (0.0, 3.0))
+    written = path.stat().st_mtime_ns
+    again = load_or_fit_prior(path, items, _chain(), ["t1w", "flair"], "percentile", "pet", (0.0, 3.0))
+    assert again == first and path.stat().st_mtime_ns == written  # reused (a resumed run), not refitted
+    with pytest.raises(ValueError, match="target_key"):
+        load_prior(path, ["t1w", "flair"], "percentile", "fa")
     with pytest.raises(ValueError, match="input_keys"):
         load_prior(path, ["t1w"])
     with pytest.raises(ValueError, match="normalization"):
@@ -56,6 +60,48 @@ def test_prior_is_written_once_and_checked(data_dir, tmp_path):
         load_prior(tmp_path / "missing.json")
     with pytest.raises(ValueError, match="label"):
         fit_prior([{"image": items[0]["image"]}], _chain(), ["t1w", "flair"], "percentile")
+
+
+def _rewrite_first_target(items, tmp_path):
+    """The same items, the first target rewritten with other values at the same path (a regenerated dataset)."""
+    label = Path(items[0]["label"])
+    image = nib.load(str(label))
+    nib.save(nib.Nifti1Image(np.asanyarray(image.dataobj) * 0.5 + 0.1, image.affine), str(label))
+    return items
+
+
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (lambda items, tmp_path: items[:-1], "training_data_fingerprint"),  # other subjects
+        (_rewrite_first_target, "training_data_fingerprint"),  # same paths, new data
+        (lambda items, tmp_path: items, "target_key"),  # another target: reached through ``target``
+        (lambda items, tmp_path: items, "target_range"),
+    ],
+)
+def test_a_prior_fitted_for_other_data_or_target_is_refitted(change, reason, data_dir, tmp_path, caplog):
+    """A prior left beside the weights by another dataset, target or range (the demo's ``models/prior_pet.json`` when
+    the user trains on their own data) is refitted, with the reason logged, never reused."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(data_dir, data)
+    path = tmp_path / "prior_pet.json"
+    items = load_items(data / "datalist.json", "training", ["t1w", "flair"], "pet")
+    first = load_or_fit_prior(path, items, _chain(), ["t1w", "flair"], "percentile", "pet", (0.0, 3.0))
+    target, target_range = "pet", (0.0, 3.0)
+    if reason == "target_key":
+        target = "pet_suvr"
+    if reason == "target_range":
+        target_range = (0.0, 4.0)
+    with caplog.at_level("WARNING", logger="custom_nets.prior"):
+        refitted = load_or_fit_prior(
+            path, change(items, tmp_path), _chain(), ["t1w", "flair"], "percentile", target, target_range
+        )
+    assert reason in caplog.text and "refitting" in caplog.text
+    assert refitted[reason] != first[reason] and json.loads(path.read_text()) == refitted
+    if reason == "training_data_fingerprint":
+        assert refitted["coefficients"] != first["coefficients"]
 
 
 def test_no_prior_leaves_the_image_alone():
