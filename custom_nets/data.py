@@ -4,6 +4,7 @@ split, and the bundle's training items, validated at the entry point."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -11,7 +12,17 @@ import numpy as np
 
 from custom_nets.io import read_json
 
-__all__ = ["DATALIST_HINT", "read_datalist", "entry_id", "split_entries", "resolve", "split_subjects", "load_items"]
+__all__ = [
+    "DATALIST_HINT",
+    "read_datalist",
+    "entry_id",
+    "split_entries",
+    "resolve",
+    "split_subjects",
+    "check_held_out",
+    "load_items",
+]
+logger = logging.getLogger(__name__)
 
 DATALIST_HINT = "generate one with python -m custom_nets.datasets.phantom or python -m custom_nets.datasets.folders."
 
@@ -111,6 +122,77 @@ def split_subjects(subjects: Sequence[str], seed: int, fractions: tuple[float, f
     }
 
 
+ENTRY_LABELS = ("id", "subject", "session")  # the keys of an entry that name it rather than hold a file
+
+
+def _entry_files(
+    datalist: str | Path, entry: Mapping, base_dir: str | Path | None, keys: Sequence[str] | None
+) -> set[str]:
+    folder = Path(base_dir if base_dir is not None else Path(datalist).parent)
+    return {
+        str((Path(v) if Path(v).is_absolute() else folder / v).resolve())
+        for k, v in entry.items()
+        if (k in keys if keys is not None else k not in ENTRY_LABELS) and isinstance(v, str) and v
+    }
+
+
+def check_held_out(
+    datalist: str | Path,
+    content: dict | None = None,
+    base_dir: str | Path | None = None,
+    keys: Sequence[str] | None = None,
+) -> None:
+    """Refuse a datalist whose ``test`` split shares an entry with ``training`` (the same id, or a same file of
+    ``keys``: the inputs and the target; default every file, so give them where one brain mask serves all), since
+    its test scores would measure memorisation; log a warning for a ``validation`` entry shared with ``training`` (model
+    selection then favours overfitting, but a single-volume case may have nothing else) and for a subject whose
+    sessions are split between ``training`` and ``test`` (the held-out scans are not of unseen subjects).
+
+    Raises:
+        ValueError: naming the datalist, the entries and the shared id or file.
+    """
+    content = read_datalist(datalist) if content is None else content
+    training = content.get("training") or []
+    if not isinstance(training, list):
+        return  # split_entries reports the malformed list
+
+    def described(split: str) -> list[tuple[str, Mapping, set[str]]]:
+        entries = content.get(split) or []
+        if not isinstance(entries, list):
+            return []
+        return [
+            (entry_id(e, i), e, _entry_files(datalist, e, base_dir, keys))
+            for i, e in enumerate(entries)
+            if isinstance(e, dict)
+        ]
+
+    trained = described("training")
+    named = ("id", "subject")  # ids made up from the position (entry-<index>) name no scan
+    trained_ids = {name for name, entry, _ in trained if any(entry.get(k) not in (None, "") for k in named)}
+    trained_files = {file: name for name, _, files in trained for file in files}
+    trained_subjects = {str(e["subject"]) for _, e, _ in trained if e.get("subject") not in (None, "")}
+    for split in ("test", "validation"):
+        for name, entry, files in described(split):
+            shared = sorted(files & set(trained_files))
+            same_id = name in trained_ids and any(entry.get(k) not in (None, "") for k in named)
+            if same_id or shared:
+                if same_id:
+                    what = f"the id {name!r}"
+                else:
+                    what = f"the file {shared[0]} (training entry {trained_files[shared[0]]!r})"
+                message = f"datalist {datalist}: '{split}' entry {name!r} shares {what} with 'training'"
+                if split == "test":
+                    raise ValueError(message + "; test entries must be held out. Remove it from one of the two lists.")
+                logger.warning("%s: validation scores will favour overfitting.", message)
+            elif split == "test" and str(entry.get("subject", "")) in trained_subjects - {""}:
+                logger.warning(
+                    "datalist %s: test entry %r is a session of subject %r, whose other sessions are in 'training'.",
+                    datalist,
+                    name,
+                    entry["subject"],
+                )
+
+
 def load_items(
     datalist: str | Path,
     split: str,
@@ -124,11 +206,14 @@ def load_items(
     (the bundle's dataset ``data``; ``split_entries``, ``resolve``).
 
     Raises a ValueError naming the datalist, split, entry and key when a key is missing, or a FileNotFoundError naming
-    the file when a path does not exist. ``mask_key`` is used when present in an entry (the transforms derive a mask
+    the file when a path does not exist, and for ``training`` refuses a test entry that is also a training entry
+    (``check_held_out``). ``mask_key`` is used when present in an entry (the transforms derive a mask
     otherwise); ``base_dir`` defaults to the datalist's folder.
     """
     if isinstance(input_keys, str):
         input_keys = [input_keys]
+    if split == "training":
+        check_held_out(datalist, base_dir=base_dir, keys=list(input_keys) + ([target_key] if target_key else []))
     items = []
     for name, entry in list(split_entries(datalist, split).items())[:limit]:
         needed = list(input_keys) + ([target_key] if target_key else [])

@@ -24,6 +24,7 @@ __all__ = [
     "preprocessing_transforms",
     "DegradeResolutiond",
     "CheckPatchFitsd",
+    "CheckTargetRanged",
 ]
 
 
@@ -398,7 +399,8 @@ def preprocessing_transforms(
     ``t1w`` input or the first); degrade the
     inputs by ``degrade_factor`` (super-resolution task), normalise every input channel inside the mask
     (``NormalizeIntensityInMaskd``), append the per-voxel ``prior``'s prediction as a channel when one is given
-    (``custom_nets.prior``), scale the target from ``target_range`` to [0, 1] and zero it outside the mask.
+    (``custom_nets.prior``), scale the target from ``target_range`` to [0, 1] and zero it outside the mask. A target
+    whose brain values do not fit ``target_range`` (other units) is refused (``CheckTargetRanged``).
 
     Returns:
         a list of MONAI dictionary transforms (append augmentation for training, or wrap in ``Compose``).
@@ -426,6 +428,7 @@ def preprocessing_transforms(
         )
     return transforms + [
         brain,
+        CheckTargetRanged("label", "mask", target_range),
         DegradeResolutiond("image", factor=degrade_factor),
         NormalizeIntensityInMaskd("image", "mask", method=normalization, contrasts=contrasts),
         AppendPriord("image", "mask", prior=prior),
@@ -478,5 +481,48 @@ class CheckPatchFitsd(MapTransform):
                 raise ValueError(
                     f"{_source(data, key)}: volume {spatial} is smaller than patch_size {self.patch_size}; "
                     "lower patch_size or pad the data."
+                )
+        return dict(data)
+
+
+class CheckTargetRanged(MapTransform):
+    """Refuse a target in other units than the task's ``target_range`` (``target_min``, ``target_max`` of the task's
+    overlay), which training would otherwise fit without a word: FA in percent, MD in mm²/s instead of 10⁻³ mm²/s, PET
+    in kBq/mL instead of SUVR. Judged on the brain (``mask_key``): the 99th percentile must lie above
+    ``target_min + low_fraction·span`` and below ``target_max + high_fraction·span`` (span = ``target_max −
+    target_min``), so values a little outside the range (a hot PET voxel) pass. Items without the key pass unchanged.
+
+    Raises:
+        ValueError: naming the file, the percentile found and the range expected.
+    """
+
+    def __init__(
+        self,
+        keys: KeysCollection,
+        mask_key: str = "mask",
+        target_range: Sequence[float] = (0.0, 3.0),
+        low_fraction: float = 0.01,
+        high_fraction: float = 1.0,
+    ) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.mask_key, self.target_range = mask_key, (float(target_range[0]), float(target_range[1]))
+        self.low_fraction, self.high_fraction = float(low_fraction), float(high_fraction)
+
+    def __call__(self, data: Mapping) -> dict:
+        low, high = self.target_range
+        span = high - low
+        for key in self.key_iterator(data):
+            values = np.asarray(torch.as_tensor(data[key]).detach().cpu(), dtype=np.float64)
+            mask = (
+                np.asarray(torch.as_tensor(data[self.mask_key]).detach().cpu()) > 0 if self.mask_key in data else None
+            )
+            brain = values[np.broadcast_to(mask, values.shape)] if mask is not None and mask.any() else values.ravel()
+            top = float(np.percentile(brain, 99))
+            if not low + self.low_fraction * span < top < high + self.high_fraction * span:
+                raise ValueError(
+                    f"{_source(data, key)}: the target's 99th percentile in the brain is {top:.4g}, expected within "
+                    f"target_min {low:g} to target_max {high:g} (the task's units; other units, e.g. FA in percent or "
+                    "MD in mm^2/s, train a wrong model). Convert the target, or set target_min/target_max (in a task "
+                    "overlay) to its range."
                 )
         return dict(data)

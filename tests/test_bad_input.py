@@ -81,7 +81,8 @@ BREAKERS = {
 
 def _bundle(datalist: Path, out: Path) -> None:
     chain = Compose(preprocessing_transforms(["t1w", "flair"]))
-    for item in load_items(datalist, "training", ["t1w", "flair"], "pet"):
+    # the validation split: the cohort's test entries are its training entries, which training refuses to load
+    for item in load_items(datalist, "validation", ["t1w", "flair"], "pet"):
         chain(item)
 
 

@@ -188,3 +188,62 @@ def test_missing_datalist_names_the_file_and_how_to_make_one(tmp_path):
 
     with pytest.raises(FileNotFoundError, match=r"datalist .*missing\.json not found: generate one with"):
         load_items(tmp_path / "missing.json", "training", ["t1w"])
+
+
+def _entry(name, session=None, **files):
+    entry = {"subject": name, **({"session": session} if session else {})}
+    stem = f"{name}_{session}" if session else name
+    return {**entry, "t1w": f"{stem}_t1w.nii.gz", "pet": f"{stem}_pet.nii.gz", "mask": "mni_mask.nii.gz", **files}
+
+
+@pytest.mark.parametrize(
+    "test_entry, validation_entry, error, warning",
+    [
+        (_entry("sub-01"), _entry("sub-03"), "'test' entry 'sub-01' shares the id 'sub-01' with 'training'", None),
+        (
+            {**_entry("sub-09"), "t1w": "sub-02_t1w.nii.gz"},
+            _entry("sub-03"),
+            r"'test' entry 'sub-09' shares the file .*sub-02_t1w.nii.gz \(training entry 'sub-02'\)",
+            None,
+        ),
+        (_entry("sub-04"), _entry("sub-02"), None, "'validation' entry 'sub-02' shares the id"),
+        (_entry("sub-01", "ses-2"), _entry("sub-03"), None, "is a session of subject 'sub-01'"),
+        (_entry("sub-04"), _entry("sub-03"), None, None),  # one MNI brain mask for every entry is not a leak
+    ],
+)
+def test_test_entries_must_be_held_out_from_training(test_entry, validation_entry, error, warning, tmp_path, caplog):
+    from custom_nets.data import check_held_out
+
+    training = [_entry("sub-01", "ses-1" if test_entry.get("session") else None), _entry("sub-02")]
+    path = tmp_path / "datalist.json"
+    path.write_text(json.dumps({"training": training, "validation": [validation_entry], "test": [test_entry]}))
+    with caplog.at_level("WARNING", logger="custom_nets.data"):
+        if error:
+            with pytest.raises(ValueError, match=error):
+                check_held_out(path, keys=["t1w", "pet"])
+            return
+        check_held_out(path, keys=["t1w", "pet"])
+    assert (warning is None and not caplog.text) or (warning and warning in caplog.text)
+
+
+def test_entries_without_ids_are_compared_by_their_files(tmp_path):
+    from custom_nets.data import check_held_out
+
+    path = tmp_path / "datalist.json"
+    files = [{"t1w": f"{i}_t1w.nii.gz", "pet": f"{i}_pet.nii.gz"} for i in range(3)]
+    path.write_text(json.dumps({"training": files[:2], "test": [files[2]]}))
+    check_held_out(path)  # entry-0 in both lists is a position, not a scan
+    path.write_text(json.dumps({"training": files[:2], "test": [files[1]]}))
+    with pytest.raises(ValueError, match="shares the file"):
+        check_held_out(path)
+
+
+def test_training_items_refuse_a_test_entry_seen_in_training(data_dir, tmp_path):
+    from custom_nets.data import load_items
+
+    content = json.loads((data_dir / "datalist.json").read_text())
+    content["test"] = content["test"] + content["training"][:1]
+    path = tmp_path / "leaky_datalist.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="test entries must be held out"):
+        load_items(path, "training", ["t1w", "flair"], "pet", base_dir=data_dir)

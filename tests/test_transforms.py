@@ -12,6 +12,7 @@ from monai.transforms import Compose, Invertd
 from parameterized import parameterized
 
 from custom_nets.transforms import (
+    CheckTargetRanged,
     DegradeResolutiond,
     DeriveBrainMaskd,
     NormalizeIntensityInMaskd,
@@ -73,3 +74,43 @@ def test_chain_inverts_onto_the_input_grid(pixdim, item):
     restored = Invertd("pred", transform=chain, orig_keys="image", nearest_interp=False)(data)["pred"]
     assert tuple(restored.shape[1:]) == SHAPE
     assert np.allclose(np.asarray(restored.affine), AFFINE, atol=1e-4)
+
+
+def _target(values: np.ndarray, name: str = "sub-01_fa.nii.gz") -> dict:
+    """A target volume (brain = the central block, background 0) holding ``values`` in the brain, with its file name."""
+    label = np.zeros(SHAPE, np.float32)
+    mask = np.zeros(SHAPE, np.float32)
+    mask[3:-3, 3:-3, 3:-3] = 1
+    label[mask > 0] = np.resize(values, int(mask.sum()))
+    return {"label": MetaTensor(label[None], meta={"filename_or_obj": name}), "mask": torch.as_tensor(mask[None])}
+
+
+BRAIN_VALUES = np.random.default_rng(0).uniform(0.1, 0.8, 5000)
+
+
+@pytest.mark.parametrize(
+    "values, target_range, refused",
+    [
+        (BRAIN_VALUES, (0.0, 1.0), False),  # FA
+        (BRAIN_VALUES * 100, (0.0, 1.0), True),  # FA in percent
+        (BRAIN_VALUES * 4, (0.0, 3.5), False),  # MD in 10^-3 mm^2/s
+        (BRAIN_VALUES * 4e-3, (0.0, 3.5), True),  # MD in mm^2/s
+        (np.append(BRAIN_VALUES * 3, [5.5] * 40), (0.0, 3.0), False),  # PET SUVR with hot voxels above target_max
+        (BRAIN_VALUES * 3 * 5000, (0.0, 3.0), True),  # PET in Bq/mL
+        (BRAIN_VALUES - 2.0, (0.0, 1.0), True),  # below the range
+    ],
+)
+def test_target_in_other_units_is_refused_naming_the_file(values, target_range, refused):
+    check = CheckTargetRanged("label", "mask", target_range)
+    if not refused:
+        check(_target(values))
+        return
+    with pytest.raises(
+        ValueError, match=r"sub-01_fa.nii.gz: the target's 99th percentile in the brain is .*target_max"
+    ):
+        check(_target(values))
+
+
+def test_items_without_a_target_pass():
+    data = {"image": torch.rand(1, 4, 4, 4), "mask": torch.ones(1, 4, 4, 4)}
+    assert CheckTargetRanged("label", "mask", (0.0, 1.0))(data).keys() == data.keys()
