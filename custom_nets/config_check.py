@@ -106,6 +106,7 @@ def check_settings(
     files: Mapping[str, str | Path] | None = None,
     discriminator_roi_size: Sequence[int] | int | None = None,
     task_ids: Mapping[str, object] | None = None,
+    model_variant: str = "scgan",
 ) -> bool:
     """Raise one ``ValueError`` naming the id and value when the configuration cannot be what the user meant.
 
@@ -114,7 +115,8 @@ def check_settings(
     ``tasks/<task>.json`` when ``tasks_dir`` is given, and that overlay was applied: each of ``task_ids`` (the
     config's values of ids that define a task, e.g. ``target_key``, ``out_act``) equals the overlay's value unless the
     id is set on the command line (``--task fa`` with ``train.json`` alone would otherwise train the PET defaults under
-    the name fa); ``patch_size`` is a list of positive integers, each a multiple
+    the name fa); ``model_variant`` is a plain name (a comparison model's weights go to ``models/<model_variant>``);
+    ``patch_size`` is a list of positive integers, each a multiple
     of the generator's ``size_divisor`` (``prod(strides)``); ``discriminator_roi_size`` is null, a positive integer
     or one positive integer per dimension of ``patch_size``; every non-empty path of ``files`` (``{id: path}``, e.g.
     ``teacher_weights``) is an existing file.
@@ -138,6 +140,11 @@ def check_settings(
         raise ValueError("; ".join(lines) + ". Nothing was run.")
     if not isinstance(task, str) or not TASK_NAME.match(task):
         raise ValueError(f"task {task!r}: expected a plain name of letters, digits, '_' or '-' (it names files).")
+    if not isinstance(model_variant, str) or not TASK_NAME.match(model_variant):
+        raise ValueError(
+            f"model_variant {model_variant!r}: expected a plain name of letters, digits, '_' or '-' (it names the "
+            "folder models/<model_variant>)."
+        )
     if tasks_dir is not None:
         tasks = sorted(p.stem for p in Path(tasks_dir).glob("*.json"))
         if tasks and task not in tasks:

@@ -45,7 +45,9 @@ class TimeBudget:
     Checked after every iteration: when the budget is spent the current epoch is ended early, so that the epoch-level
     handlers (validation and the best checkpoint, the resume checkpoint) run once more on the final weights, and
     training stops after them. It publishes ``engine.state.time_budget_fraction`` (elapsed / budget), which
-    ``CosineSchedule`` follows. Under
+    ``CosineSchedule`` follows, and ``engine.state.time_budget_elapsed`` (seconds), which ``ResumeCheckpoint`` keeps:
+    a resumed run starts its clock at the time already spent (the budget is for the whole run, and the cosine goes on
+    from where it was), not at zero. Under
     torch.distributed rank 0's clock decides for all ranks, so every rank stops at the same iteration and uses the
     same learning rate.
     """
@@ -64,7 +66,9 @@ class TimeBudget:
         engine.add_event_handler(Events.EPOCH_COMPLETED, self._check_epoch)
 
     def _started(self, engine: Engine) -> None:
-        self.start, self.fraction, self._spent = time.perf_counter(), 0.0, False
+        spent = float(getattr(engine.state, "time_budget_elapsed", 0.0))  # restored by ResumeCheckpoint, else 0
+        self.start, self.fraction, self._spent = time.perf_counter() - spent, min(spent / self.seconds, 1.0), False
+        engine.state.time_budget_fraction = self.fraction
 
     def _check_iteration(self, engine: Engine) -> None:
         elapsed = torch.tensor([time.perf_counter() - self.start], dtype=torch.float64)
@@ -74,6 +78,7 @@ class TimeBudget:
             torch.distributed.broadcast(elapsed, src=0)
         self.fraction = min(float(elapsed.item()) / self.seconds, 1.0)
         engine.state.time_budget_fraction = self.fraction
+        engine.state.time_budget_elapsed = float(elapsed.item())
         if self.fraction >= 1.0 and not self._spent:
             self._spent = True
             logger.info(
@@ -152,11 +157,12 @@ class ResumeCheckpoint:
     """Save everything needed to continue training as if it had never stopped to ``path`` after each epoch,
     atomically; when ``resume`` is true and ``path`` exists, load it when training starts.
 
-    Saved: the ``objects`` (networks, optimisers), epoch and iteration, the trainer's gradient scaler (``g_scaler``,
-    fp16 only), the random states (torch CPU and current CUDA device, numpy, python ``random``, and every MONAI
-    ``Randomizable`` reachable from ``transform``), the training loader's position (the torch random state its
-    current iterator was created from, and how many batches were drawn from it), the ``evaluator``'s best metric and
-    epoch, and the best-model records of the ``savers``. The resumed run thus draws the same shuffles and patches as an
+    Saved: the ``objects`` (networks, optimisers), epoch and iteration, the time spent (``TimeBudget``), the
+    trainer's gradient scaler (``g_scaler``, fp16 only), the random states (torch CPU and current CUDA device,
+    numpy, python ``random``, and every MONAI ``Randomizable`` reachable from ``transform``), the training loader's
+    position (the torch random state its current iterator was created from, and how many batches were drawn from it),
+    the ``evaluator``'s best metric and epoch, and the best-model records of the ``savers``. The resumed run thus
+    draws the same shuffles and patches as an
     uninterrupted one, also when an epoch ends part-way through a pass over the data (``epoch_length``), and a worse
     validation does not overwrite the best model. Under torch.distributed each rank's random states are kept (rank 0
     writes the file for all). Files written before an entry existed still load: what is missing is skipped and logged.
@@ -244,7 +250,11 @@ class ResumeCheckpoint:
         if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank() > 0:
             return
         state = {name: self._unwrap(obj).state_dict() for name, obj in self.objects.items()}
-        state["progress"] = {"epoch": engine.state.epoch, "iteration": engine.state.iteration}
+        state["progress"] = {
+            "epoch": engine.state.epoch,
+            "iteration": engine.state.iteration,
+            "time_budget_elapsed": float(getattr(engine.state, "time_budget_elapsed", 0.0)),  # TimeBudget's clock
+        }
         state["random"] = randoms
         if self.evaluator is not None:
             state["evaluator"] = {
@@ -276,6 +286,7 @@ class ResumeCheckpoint:
         iteration = int(state["progress"]["iteration"])
         epoch_length = engine.state.epoch_length
         engine.state.iteration = iteration
+        engine.state.time_budget_elapsed = float(state["progress"].get("time_budget_elapsed", 0.0))
         # completed epochs, as ignite counts them on resume: a run that stopped mid-epoch (time budget) finishes it
         engine.state.epoch = iteration // epoch_length if epoch_length else int(state["progress"]["epoch"])
         skipped = []

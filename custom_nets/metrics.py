@@ -109,18 +109,29 @@ class BrainMaskedMetric(CumulativeIterationMetric):
     """A MONAI cumulative metric (for ``IgniteMetricHandler``) of one of ``METRICS`` inside the brain mask.
 
     ``y`` carries the mask as its last channel: ``y = cat([target, mask], dim=1)`` (see ``pred_and_label_with_mask``).
+    ``scale`` converts the error of a scaled target back to the target's units (the bundle gives ``target_max −
+    target_min``, undoing the preprocessing's [0, 1] scaling, so ``val_rmse`` reads in SUVR, FA or 10⁻³ mm²/s as
+    ``custom_nets.evaluation.evaluate`` reports it); it multiplies ``rmse`` and leaves the scale-free metrics (NRMSE,
+    and PSNR and SSIM with the default ``data_range`` = the target's range in the brain) unchanged.
+
+    Raises:
+        ValueError: ``metric`` is not one of ``METRICS``, or ``scale`` is not positive.
     """
 
-    def __init__(self, metric: str = "rmse", data_range: float | None = None) -> None:
+    def __init__(self, metric: str = "rmse", data_range: float | None = None, scale: float = 1.0) -> None:
         super().__init__()
         if metric not in METRICS:
             raise ValueError(f"metric must be one of {sorted(METRICS)}, got {metric!r}.")
-        self.metric, self.data_range = metric, data_range
+        if not scale > 0:
+            raise ValueError(f"scale must be positive (target_max - target_min), got {scale!r}.")
+        self.metric, self.data_range, self.scale = metric, data_range, float(scale)
 
     def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:  # type: ignore
         target, mask = y[:, :-1], y[:, -1:]
         kwargs = {"data_range": self.data_range} if self.metric in ("psnr", "ssim") and self.data_range else {}
         values = [METRICS[self.metric](p[None], t[None], m[None], **kwargs) for p, t, m in zip(y_pred, target, mask)]
+        if self.metric == "rmse":
+            values = [v * self.scale for v in values]
         return torch.tensor(values, dtype=torch.float64).reshape(-1, 1)
 
     def aggregate(self, reduction: MetricReduction | str | None = None) -> torch.Tensor:

@@ -90,7 +90,8 @@ def test_training_each_comparison_model(model, data_dir, tmp_path):
     output = training_losses(workflow.parser.get_parsed_content("train#trainer").state.output)
     assert np.isfinite(output["g_loss"])
     assert ("d_loss" in output) == (model != "unet3d")
-    assert (tmp_path / "models" / "model_fa.pt").is_file()
+    assert (tmp_path / "models" / model / "model_fa.pt").is_file()  # its own folder: SC-GAN's model is kept
+    assert not (tmp_path / "models" / "model_fa.pt").exists()
 
 
 @pytest.mark.parametrize(

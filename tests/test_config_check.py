@@ -163,3 +163,27 @@ def test_ids_shared_by_training_and_inference_agree():
     shared = sorted(set(train) & set(infer) - differing)
     assert {"network_def", "load_transforms", "input_keys", "per_voxel_prior", "residual_on_prior"} <= set(shared)
     assert {key for key in shared if train[key] != infer[key]} == set()
+
+
+@pytest.mark.parametrize("overlay", sorted((CONFIGS / "models").glob("*.json")), ids=lambda p: p.stem)
+def test_comparison_models_write_to_their_own_folders(overlay):
+    """Each comparison model names itself, so its weights, resume file, prior and TensorBoard runs go to
+    ``models/<model_variant>/`` and ``runs/<task>_<model_variant>``: training one never replaces SC-GAN's model."""
+    from monai.bundle import ConfigParser
+
+    assert json.loads(overlay.read_text())["model_variant"] == overlay.stem
+    for config in ("train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / config), str(CONFIGS / "tasks" / "pet.json"), str(overlay)])
+        default = ConfigParser()
+        default.read_config([str(CONFIGS / config), str(CONFIGS / "tasks" / "pet.json")])
+        assert parser.get_parsed_content("ckpt_dir") == f"./models/{overlay.stem}"
+        assert default.get_parsed_content("ckpt_dir") == "./models"
+        if config == "train.json":
+            assert parser.get_parsed_content("log_dir") == f"./runs/pet_{overlay.stem}"
+
+
+@pytest.mark.parametrize("variant", ["a/b", "", 3])
+def test_model_variant_must_be_a_plain_name(variant):
+    with pytest.raises(ValueError, match="model_variant .*plain name"):
+        check_settings("pet", [64] * 3, 32, argv=[], model_variant=variant)

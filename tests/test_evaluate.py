@@ -72,3 +72,31 @@ def test_summary_interval():
     assert summary["ci95_high"] - summary["ci95_low"] == pytest.approx(
         2 * 3.182446 * np.std([1, 2, 3, 4], ddof=1) / 2, 1e-4
     )
+
+
+@pytest.mark.parametrize("metric", ["rmse", "nrmse", "psnr", "ssim"])
+def test_validation_metric_reads_in_the_target_units_as_evaluate_does(metric):
+    """The bundle's ``val_*`` metrics (on the [0, 1]-scaled target, scale = target_max − target_min) equal
+    ``custom_nets.evaluation.evaluate``'s on the target in its units: one definition of each metric."""
+    import torch
+
+    from custom_nets.metrics import METRICS, BrainMaskedMetric
+
+    rng = np.random.default_rng(0)
+    low, high = 0.0, 3.0  # pet.json's SUVR range
+    target = torch.as_tensor(rng.uniform(0.5, 2.5, (1, 1, 12, 12, 12)))
+    pred = target + torch.as_tensor(rng.normal(0, 0.2, target.shape))
+    mask = torch.zeros_like(target)
+    mask[..., 2:10, 2:10, 2:10] = 1
+    in_units = METRICS[metric](pred, target, mask)
+    scaled = BrainMaskedMetric(metric, scale=high - low)
+    scaled(y_pred=(pred - low) / (high - low), y=torch.cat([(target - low) / (high - low), mask], dim=1))
+    assert float(scaled.aggregate()) == pytest.approx(in_units, rel=1e-6)
+
+
+@pytest.mark.parametrize("scale", [0, -1.0])
+def test_validation_metric_scale_must_be_positive(scale):
+    from custom_nets.metrics import BrainMaskedMetric
+
+    with pytest.raises(ValueError, match="scale must be positive"):
+        BrainMaskedMetric("rmse", scale=scale)

@@ -233,3 +233,41 @@ def test_kill_during_training_then_resume_gives_the_uninterrupted_weights(data_d
     assert not _differences(*best)
     leftovers = [p.name for p in (tmp_path / "killed" / "models").iterdir() if p.name.startswith(".")]
     assert not leftovers
+
+
+def test_time_budget_resumes_with_the_time_already_spent(tmp_path, monkeypatch):
+    """A time-bound run killed and resumed spends the rest of its budget, not a new one, and its cosine goes on from
+    the fraction reached (the resume file keeps TimeBudget's clock)."""
+    from custom_nets.handlers import CosineSchedule, TimeBudget
+
+    clock = {"now": 1000.0}
+    monkeypatch.setattr(time, "perf_counter", lambda: clock["now"])
+
+    def run(resume: bool, kill_after: int | None = None) -> tuple[Engine, list[float]]:
+        network = torch.nn.Linear(1, 1)
+        optimizer = torch.optim.SGD(network.parameters(), lr=1.0)
+        rates = []
+
+        def step(engine, batch):
+            rates.append(optimizer.param_groups[0]["lr"])
+            clock["now"] += 6.0  # every iteration takes 6 s of a 60 s budget
+            if kill_after is not None and engine.state.iteration == kill_after:
+                engine.terminate()
+
+        engine = Engine(step)
+        CosineSchedule([optimizer], total_iterations=10**6).attach(engine)
+        ResumeCheckpoint(tmp_path / "resume.pt", {"generator": network, "g_optimizer": optimizer}, resume).attach(
+            engine
+        )
+        TimeBudget(minutes=1.0).attach(engine)
+        engine.run(range(2), max_epochs=100)
+        return engine, rates
+
+    _, uninterrupted = run(resume=False)
+    assert len(uninterrupted) == 10  # 60 s / 6 s
+    (tmp_path / "resume.pt").unlink()
+    run(resume=False, kill_after=5)  # killed during epoch 3: the resume file holds epoch 2, 24 s spent
+    clock["now"] += 500.0  # the restart comes later: wall-clock time between runs is not training time
+    engine, resumed = run(resume=True)
+    assert engine.state.iteration == 10 and len(resumed) == 6  # iterations 5-10: the rest of the budget only
+    assert resumed == pytest.approx(uninterrupted[4:])  # the cosine goes on from 24 s of 60
