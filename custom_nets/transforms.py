@@ -17,6 +17,7 @@ __all__ = [
     "LoadEntryd",
     "SavePredictiond",
     "DeriveBrainMaskd",
+    "derive_brain_mask",
     "ExtractBrainMaskd",
     "BRAIN_EXTRACTIONS",
     "NormalizeIntensityInMaskd",
@@ -188,6 +189,21 @@ def binarise_given_mask(d: dict, mask_key: str) -> bool:
     return True
 
 
+def derive_brain_mask(channels: np.ndarray, threshold: float = 0.05) -> np.ndarray:
+    """The brain mask of skull-stripped inputs ``channels`` ``(C, *spatial)``: voxels where the mean absolute value of
+    the channels exceeds ``threshold`` × its 99th percentile (over nonzero voxels), the largest connected component,
+    holes filled. Returns a boolean ``(*spatial)`` array, empty when every voxel is 0. The one derivation of the
+    bundle (``DeriveBrainMaskd``), the baselines and the evaluation."""
+    mean = np.abs(np.asarray(channels, dtype=np.float32)).mean(axis=0)
+    level = np.percentile(mean[mean > 0], 99) if (mean > 0).any() else 0.0
+    mask = mean > threshold * level
+    labels, count = ndimage.label(mask)
+    if count > 1:
+        sizes = ndimage.sum(mask, labels, range(1, count + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
+    return ndimage.binary_fill_holes(mask)
+
+
 class DeriveBrainMaskd(MapTransform):
     """Add ``mask_key`` when absent: voxels where the mean of the image channels exceeds ``threshold`` × its 99th
     percentile, holes filled, largest connected component kept. Meant for skull-stripped inputs (background ≈ 0),
@@ -203,14 +219,7 @@ class DeriveBrainMaskd(MapTransform):
         if binarise_given_mask(d, self.mask_key):
             return d
         values = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image, dtype=np.float32)
-        mean = np.abs(values).mean(axis=0)
-        level = np.percentile(mean[mean > 0], 99) if (mean > 0).any() else 0.0
-        mask = mean > self.threshold * level
-        labels, count = ndimage.label(mask)
-        if count > 1:
-            sizes = ndimage.sum(mask, labels, range(1, count + 1))
-            mask = labels == (int(np.argmax(sizes)) + 1)
-        mask = ndimage.binary_fill_holes(mask)
+        mask = derive_brain_mask(values, self.threshold)
         if not mask.any():
             raise ValueError(f"{_source(d, self.image_key)}: cannot derive a brain mask, the image is empty.")
         out = torch.as_tensor(mask[None].astype(np.float32))

@@ -100,3 +100,41 @@ def test_validation_metric_scale_must_be_positive(scale):
 
     with pytest.raises(ValueError, match="scale must be positive"):
         BrainMaskedMetric("rmse", scale=scale)
+
+
+def _without_masks(datalist):
+    content = json.loads(datalist.read_text(encoding="utf-8"))
+    for entries in content.values():
+        for entry in entries:
+            entry.pop("mask")
+    path = datalist.parent / "datalist_no_mask.json"
+    path.write_text(json.dumps(content))
+    return path
+
+
+def test_datalists_without_masks_are_scored_in_the_mask_the_bundle_derives(tmp_path):
+    """Skull-stripped inputs need no mask in the bundle; the baselines and the evaluation derive the same one (the
+    cohort's inputs are zero outside its mask, so the derived mask is that mask and every score is unchanged)."""
+    with_masks = _cohort(tmp_path)
+    without = _without_masks(with_masks)
+    folders = predict_split(without, "pet", tmp_path / "baselines", input_keys=("t1w",))
+    for name, folder in folders.items():
+        derived = evaluate_predictions(folder, without, "pet")["subjects"]
+        given = evaluate_predictions(folder, with_masks, "pet")["subjects"]
+        assert derived == given, name  # per subject: one test subject has no interval (NaN)
+
+
+def test_no_mask_and_no_inputs_to_derive_one_is_named(tmp_path, capsys):
+    without = _without_masks(_cohort(tmp_path))
+    args = ["--pred", str(tmp_path), "--datalist", str(without), "--target", "pet", "--input-keys", "t2w"]
+    assert evaluate_cli(args) == 2
+    assert "entry sub-04: no 'mask' to score in, and not the inputs ['t2w']" in capsys.readouterr().out
+
+
+def test_baselines_cli_reports_a_bad_datalist_without_a_traceback(tmp_path, capsys):
+    from custom_nets.evaluation.baselines import main as baselines_cli
+
+    datalist = _cohort(tmp_path)
+    args = ["--datalist", str(datalist), "--target", "fa", "--out", str(tmp_path / "out")]
+    assert baselines_cli(args) == 2
+    assert "missing key 'fa'" in capsys.readouterr().out and not (tmp_path / "out").exists()

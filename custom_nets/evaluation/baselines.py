@@ -23,7 +23,7 @@ import numpy as np
 from custom_nets.data import read_datalist, resolve, split_entries
 from custom_nets.io import atomic_save_nifti, check_same_grid, load_volume
 from custom_nets.prior import CubicPolynomial
-from custom_nets.transforms import CONTRASTS, normalize_intensity
+from custom_nets.transforms import CONTRASTS, derive_brain_mask, normalize_intensity
 
 __all__ = ["scaled_inputs", "PopulationMean", "IntensityLookup", "CubicPolynomial", "BASELINES", "predict_split"]
 
@@ -106,8 +106,9 @@ def _subject(
     normalization: str = "percentile",
 ):
     """(scaled inputs ``(C, N)``, target or None, mask, affine) of one entry, each file checked on load (readable, 3D,
-    finite, on the grid of the first input; ``custom_nets.io.load_volume``), errors naming the entry and file."""
-    keys = list(input_keys) + ([target_key] if target_key else []) + ["mask"]
+    finite, on the grid of the first input; ``custom_nets.io.load_volume``), errors naming the entry and file. An
+    entry without ``mask`` gets the mask the bundle derives from skull-stripped inputs (``derive_brain_mask``)."""
+    keys = list(input_keys) + ([target_key] if target_key else []) + (["mask"] if "mask" in entry else [])
     files = {key: resolve(datalist, entry, key, name) for key in keys}
     volumes, reference = {}, None
     for key in keys:
@@ -118,9 +119,14 @@ def _subject(
             reference = (f"{label}: {files[key]}", *grid)
         else:
             check_same_grid(f"{label}: {files[key]}", *grid, *reference)
-    mask = volumes["mask"] > 0
+    if "mask" in volumes:
+        mask = volumes["mask"] > 0
+        where = f"key 'mask': {files['mask']}"
+    else:
+        mask = derive_brain_mask(np.stack([volumes[k] for k in input_keys]))
+        where = f"the mask derived from {list(input_keys)} (give a 'mask' for whole-head inputs)"
     if not mask.any():
-        raise ValueError(f"entry {name}, key 'mask': {files['mask']}: the brain mask is empty.")
+        raise ValueError(f"entry {name}, {where}: the brain mask is empty.")
     inputs = scaled_inputs([volumes[k] for k in input_keys], mask, normalization, input_keys)
     return inputs, volumes.get(target_key) if target_key else None, mask, reference[2]
 
@@ -156,7 +162,7 @@ def predict_split(
     return folders
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m custom_nets.evaluation.baselines", description=__doc__.split("\n")[0]
     )
@@ -167,11 +173,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--normalization", default="percentile", help="input normalisation (as the bundle's)")
     args = parser.parse_args(argv)
-    for name, folder in predict_split(
-        args.datalist, args.target, args.out, args.inputs, args.split, args.normalization
-    ).items():
+    try:
+        folders = predict_split(args.datalist, args.target, args.out, args.inputs, args.split, args.normalization)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"error: {error}")
+        return 2
+    for name, folder in folders.items():
         print(f"{name}: {folder}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -30,6 +30,7 @@ from custom_nets.data import resolve, split_entries
 from custom_nets.evaluation.comparison import markdown_table
 from custom_nets.io import atomic_write_json, atomic_write_text, check_same_grid, load_volume
 from custom_nets.metrics import METRICS
+from custom_nets.transforms import derive_brain_mask
 
 __all__ = ["evaluate_predictions", "summarise", "paired_difference", "noise_free_predictions"]
 
@@ -114,9 +115,18 @@ def evaluate_predictions(
     out_dir: str | Path | None = None,
     name: str = "model",
     mask_key: str = "mask",
+    input_keys: Sequence[str] = ("t1w", "flair"),
 ) -> dict:
-    """Score every subject of ``split`` inside the datalist's ``mask_key`` mask; returns ``{"subjects": {...},
-    "summary": {...}}`` and, when ``out_dir`` is given, writes the CSV, JSON and markdown files there."""
+    """Score every subject of ``split`` inside the datalist's ``mask_key`` mask (for an entry without one, the mask
+    the bundle derives from its skull-stripped ``input_keys``: ``custom_nets.transforms.derive_brain_mask``); returns
+    ``{"subjects": {...}, "summary": {...}}`` and, when ``out_dir`` is given, writes the CSV, JSON and markdown files
+    there.
+
+    Raises:
+        FileNotFoundError: ``pred_dir`` is not a folder, or a file is missing (named).
+        ValueError: a file is unreadable or off the target's grid, a mask is empty, or an entry has neither
+            ``mask_key`` nor the ``input_keys`` to derive a mask from; the message names the entry and key.
+    """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise FileNotFoundError(f"--pred {pred_dir}: not a folder.")
@@ -124,18 +134,30 @@ def evaluate_predictions(
     ids = list(entries)
     rows = {}
     for subject, entry in entries.items():
-        target_file, mask_file = (resolve(datalist, entry, key, subject) for key in (target_key, mask_key))
+        target_file = resolve(datalist, entry, target_key, subject)
+        derived = mask_key not in entry
+        if derived and not all(key in entry for key in input_keys):
+            raise ValueError(
+                f"datalist {datalist}, entry {subject}: no '{mask_key}' to score in, and not the inputs "
+                f"{list(input_keys)} to derive one from; the entry has {sorted(entry)}. Give --mask-key or --input-keys."
+            )
+        mask_keys = list(input_keys) if derived else [mask_key]
+        mask_files = [resolve(datalist, entry, key, subject) for key in mask_keys]
         path = find_prediction(pred_dir, subject, ids)
         # every file in RAS voxel order: a prediction on the target's grid stored in another axis order still scores
         target, target_affine = load_volume(target_file, f"entry {subject}, key '{target_key}'", axcodes="RAS")
         reference = (f"entry {subject}, key '{target_key}': {target_file}", target.shape, target_affine)
         pred, affine = load_volume(path, f"entry {subject}, prediction", axcodes="RAS")
         check_same_grid(f"prediction {path}", pred.shape, affine, *reference)
-        mask, affine = load_volume(mask_file, f"entry {subject}, key '{mask_key}'", axcodes="RAS")
-        check_same_grid(f"entry {subject}, key '{mask_key}': {mask_file}", mask.shape, affine, *reference)
-        mask = mask > 0
+        volumes = []
+        for key, file in zip(mask_keys, mask_files):
+            volume, affine = load_volume(file, f"entry {subject}, key '{key}'", axcodes="RAS")
+            check_same_grid(f"entry {subject}, key '{key}': {file}", volume.shape, affine, *reference)
+            volumes.append(volume)
+        mask = derive_brain_mask(np.stack(volumes)) if derived else volumes[0] > 0
         if not mask.any():
-            raise ValueError(f"entry {subject}, key '{mask_key}': {mask_file}: the brain mask is empty.")
+            where = f"the mask derived from {mask_keys}" if derived else f"key '{mask_key}': {mask_files[0]}"
+            raise ValueError(f"entry {subject}, {where}: the brain mask is empty.")
         tensors = [torch.from_numpy(a)[None, None] for a in (pred, target, mask)]
         rows[subject] = {metric: fn(*tensors) for metric, fn in METRICS.items()}
     summary = {metric: summarise([row[metric] for row in rows.values()]) for metric in METRICS}
@@ -166,10 +188,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="output folder (default: PRED/scores)")
     parser.add_argument("--name", default="model", help="row label in the markdown table")
     parser.add_argument("--mask-key", default="mask", help="datalist key of the mask the scores are computed in")
+    parser.add_argument(
+        "--input-keys",
+        nargs="+",
+        default=["t1w", "flair"],
+        help="skull-stripped inputs a mask is derived from, as the bundle does, for entries without --mask-key",
+    )
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.pred) / "scores"
     try:
-        evaluate_predictions(args.pred, args.datalist, args.target, args.split, out, args.name, args.mask_key)
+        evaluate_predictions(
+            args.pred, args.datalist, args.target, args.split, out, args.name, args.mask_key, args.input_keys
+        )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}")
         return 2

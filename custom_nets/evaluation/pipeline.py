@@ -195,8 +195,8 @@ def train_and_infer(
     ``FinalWeightsSaver``). With it the run validates as the bundle's default command does (every ``val_interval``
     epochs of ``epoch_length`` iterations; an iteration budget is cut into epochs of about ``train.json``'s
     ``epoch_length``) and synthesises with the best validation checkpoint (the final weights when the budget ended
-    before the first validation). Checkpoints go to ``<outputs_root>/models`` (default:
-    ``out_dir``; the demo gives the bundle folder, so the user's trained model is where ``inference.json`` looks).
+    before the first validation). Checkpoints go to ``<outputs_root>/models`` (``models/<model_variant>`` for a
+    comparison model; default: ``out_dir``; the demo gives the bundle folder, so the user's trained model is where ``inference.json`` looks).
 
     Returns (and writes to ``out_dir/run.json``) the settings, the iterations run, the training seconds and seconds
     per iteration. A finished run with identical settings and config files is reused when ``reuse`` is true.
@@ -264,7 +264,8 @@ def train_and_infer(
     )
     train.initialize()
     trainer = train.parser.get_parsed_content("train#trainer")
-    checkpoint = outputs_root / "models" / train.parser.get_parsed_content("ckpt_name")
+    # where the config puts it: models/, or models/<model_variant>/ for a comparison model
+    checkpoint = Path(train.parser.get_parsed_content("ckpt_dir")) / train.parser.get_parsed_content("ckpt_name")
     checkpoint.unlink(missing_ok=True)  # a former run's model must not pass for this run's selection
     probe_before = machine_speed_probe()
     start = time.perf_counter()
