@@ -139,7 +139,8 @@ def evaluate_predictions(
         if derived and not all(key in entry for key in input_keys):
             raise ValueError(
                 f"datalist {datalist}, entry {subject}: no '{mask_key}' to score in, and not the inputs "
-                f"{list(input_keys)} to derive one from; the entry has {sorted(entry)}. Give --mask-key or --input-keys."
+                f"{list(input_keys)} to derive one from; the entry has {sorted(entry)}. Give --mask-key or "
+                "--input-keys."
             )
         mask_keys = list(input_keys) if derived else [mask_key]
         mask_files = [resolve(datalist, entry, key, subject) for key in mask_keys]

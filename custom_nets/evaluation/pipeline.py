@@ -196,7 +196,8 @@ def train_and_infer(
     epochs of ``epoch_length`` iterations; an iteration budget is cut into epochs of about ``train.json``'s
     ``epoch_length``) and synthesises with the best validation checkpoint (the final weights when the budget ended
     before the first validation). Checkpoints go to ``<outputs_root>/models`` (``models/<model_variant>`` for a
-    comparison model; default: ``out_dir``; the demo gives the bundle folder, so the user's trained model is where ``inference.json`` looks).
+    comparison model; default: ``out_dir``; the demo gives the bundle folder, so the user's trained model is where
+    ``inference.json`` looks).
 
     Returns (and writes to ``out_dir/run.json``) the settings, the iterations run, the training seconds and seconds
     per iteration. A finished run with identical settings and config files is reused when ``reuse`` is true.
