@@ -17,6 +17,7 @@ import torch
 from conftest import TINY, TINY_TRAIN, error_messages  # noqa: F401 (data_dir is a fixture of conftest)
 from ignite.engine import Events
 from monai.bundle import ConfigWorkflow
+from scipy import ndimage
 
 from custom_nets.data import entry_id
 from custom_nets.handlers import training_losses
@@ -208,6 +209,10 @@ def test_inference_with_resampling_returns_the_input_grid(data_dir, tmp_path):
     subject = output.name.split("_")[0]
     source = nib.load(str(data_dir / subject / f"{subject}_t1w.nii.gz"))
     assert nib.load(str(output)).shape == source.shape
+    # masked to the brain on the input grid too: resampling back must not spread the synthesis into the background
+    brain = np.asanyarray(nib.load(str(data_dir / subject / f"{subject}_mask.nii.gz")).dataobj) > 0
+    outside = np.asanyarray(nib.load(str(output)).dataobj)[~ndimage.binary_dilation(brain)]
+    assert np.count_nonzero(outside) == 0
 
 
 def test_cli_training_and_torchrun_multi_gpu_overlay(data_dir, tmp_path):

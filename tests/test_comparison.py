@@ -71,7 +71,8 @@ def test_interleaved_costs_time_every_model_on_the_same_batch(data_dir, tmp_path
         BUNDLE, "fa", ["unet3d", "scgan"], data_dir / "datalist.json", tmp_path, settings, TINY_RUN, rounds=2
     )
     assert set(costs) == {"unet3d", "scgan"} and all(0 < value < 60 for value in costs.values())
-    assert [p.name for p in (tmp_path / "models").iterdir()] == ["prior_fa.json"]  # the fitted prior, no weights
+    written = sorted(str(p.relative_to(tmp_path / "models")) for p in (tmp_path / "models").rglob("*") if p.is_file())
+    assert written == ["prior_fa.json", "unet3d/prior_fa.json"]  # the fitted priors (each model's folder), no weights
     assert not list(tmp_path.rglob("*.pt"))
     with pytest.raises(ValueError, match="rounds must be at least 1, got 0"):
         interleaved_iteration_seconds(BUNDLE, "fa", ["scgan"], data_dir / "datalist.json", tmp_path, settings, rounds=0)
