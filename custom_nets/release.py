@@ -308,8 +308,11 @@ def workflow(kind, files):
     def run():
         if not os.environ.get("SCGAN_DATASET_DIR"):
             raise LookupError("skipped: needs a dataset (--data)")
+        # training and evaluation fit a prior and open TensorBoard logs when built: in scratch folders, so that the
+        # checks neither replace the shipped prior nor ship their own event files
+        scratch = {} if kind == "infer" else {"ckpt_dir": tempfile.mkdtemp(), "log_dir": tempfile.mkdtemp()}
         flow = ConfigWorkflow(config_file=files, meta_file=meta_file, workflow_type=kind, bundle_root=root,
-                              dataset_dir=os.environ["SCGAN_DATASET_DIR"], output_dir=tempfile.mkdtemp())
+                              dataset_dir=os.environ["SCGAN_DATASET_DIR"], output_dir=tempfile.mkdtemp(), **scratch)
         flow.initialize()
         missing = flow.check_properties()
         assert not missing, f"missing properties {missing}"

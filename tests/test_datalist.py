@@ -72,6 +72,26 @@ def test_flat_layout_with_itk_formats(tmp_path):
     assert sorted(e["subject"] for p in ("training", "validation", "test") for e in datalist[p]) == ["a1", "b2", "c3"]
 
 
+def test_flat_layout_reads_a_freesurfer_subjects_dir(tmp_path):
+    """``SUBJECTS_DIR/<subject>/mri/*.mgz``: patterns reach into each subject's folders, subjects named freely."""
+    root = tmp_path / "subjects"
+    rng = np.random.default_rng(0)
+    for subject in ("bert", "ernie", "fsaverage_like"):
+        for name in ("T1.mgz", "FLAIR.mgz", "brainmask.mgz"):
+            path = root / subject / "mri" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            nib.save(nib.MGHImage(rng.random((8, 8, 8)).astype(np.float32), AFFINE), str(path))
+    keys = {"t1w": "{subject}/mri/T1.mgz", "flair": "{subject}/mri/FLAIR.mgz", "mask": "{subject}/mri/brainmask.mgz"}
+    out = build_datalist(root, tmp_path / "datalist.json", keys, layout="flat")
+    entries = [
+        e for split in json.loads(out.read_text(encoding="utf-8")).values() if isinstance(split, list) for e in split
+    ]
+    assert sorted(e["subject"] for e in entries) == ["bert", "ernie", "fsaverage_like"]
+    assert all(e["t1w"].endswith(f"{e['subject']}/mri/T1.mgz") for e in entries)
+    with pytest.raises(DatalistError, match=r"no file under .* matches \(patterns are relative to --root"):
+        build_datalist(root, tmp_path / "other.json", {"t1w": "{subject}_T1w.nii.gz"}, layout="flat")
+
+
 def _break_missing(root):
     (root / "sub-02/pet/sub-02_pet.nii.gz").unlink()
     return "sub-02", "pet"

@@ -150,12 +150,22 @@ def find_subjects(root: str | Path, keys: Mapping[str, str], layout: str = "bids
         # subjects found through any key, so that a subject missing one file is reported, not dropped
         subjects_of = {}
         for key, pattern in keys.items():
-            regex = re.compile(re.escape(pattern).replace(re.escape("{subject}"), "(?P<subject>.+?)") + "$")
-            subjects_of[key] = {m.group("subject") for p in root.iterdir() if (m := regex.match(p.name))}
+            # a pattern may reach into sub-folders ({subject}/mri/T1.mgz: FreeSurfer's SUBJECTS_DIR); {subject} is one
+            # path component
+            regex = re.compile(re.escape(pattern).replace(re.escape("{subject}"), "(?P<subject>[^/]+?)") + "$")
+            candidates = root.glob(pattern.replace("{subject}", "*"))
+            subjects_of[key] = {
+                m.group("subject") for p in candidates if (m := regex.match(p.relative_to(root).as_posix()))
+            }
         subjects = sorted(set().union(*subjects_of.values()))
         if not subjects:
             patterns = ", ".join(f"{key}={pattern}" for key, pattern in keys.items())
-            raise DatalistError([f"--key {patterns}: no file in {root} matches."])
+            raise DatalistError(
+                [
+                    f"--key {patterns}: no file under {root} matches (patterns are relative to --root, e.g. "
+                    "{subject}_T1w.nii.gz, or {subject}/mri/T1.mgz for a FreeSurfer SUBJECTS_DIR)."
+                ]
+            )
         for subject in subjects:
             entry = {"subject": subject}
             for key, pattern in keys.items():
