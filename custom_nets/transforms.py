@@ -185,7 +185,13 @@ def binarise_given_mask(d: dict, mask_key: str) -> bool:
     returns whether there was one (the mask transforms derive one only when not)."""
     if d.get(mask_key) is None:
         return False
+    source = _source(d, mask_key)
     d[mask_key] = (torch.as_tensor(d[mask_key]) > 0).to(torch.float32)
+    if not bool(d[mask_key].any()):
+        raise ValueError(
+            f"{source}: the brain mask given as '{mask_key}' is empty (no voxel above 0); give the entry's brain mask, "
+            "or leave the key out to have one derived."
+        )
     return True
 
 
@@ -397,6 +403,7 @@ def preprocessing_transforms(
     mask_threshold: float = 0.05,
     prior: Mapping | None = None,
     brain_extraction: str = "threshold",
+    target_key: str = "label",
 ) -> list:
     """The one preprocessing chain of training, validation, evaluation and inference (MONAI Label included).
 
@@ -409,7 +416,8 @@ def preprocessing_transforms(
     inputs by ``degrade_factor`` (super-resolution task), normalise every input channel inside the mask
     (``NormalizeIntensityInMaskd``), append the per-voxel ``prior``'s prediction as a channel when one is given
     (``custom_nets.prior``), scale the target from ``target_range`` to [0, 1] and zero it outside the mask. A target
-    whose brain values do not fit ``target_range`` (other units) is refused (``CheckTargetRanged``).
+    whose brain values do not fit ``target_range`` (other units) is refused (``CheckTargetRanged``). Errors name the
+    datalist's keys: ``input_keys`` and ``target_key``.
 
     Returns:
         a list of MONAI dictionary transforms (append augmentation for training, or wrap in ``Compose``).
@@ -428,7 +436,10 @@ def preprocessing_transforms(
     else:
         brain = DeriveBrainMaskd("image", "mask", threshold=mask_threshold)
     transforms = [
-        LoadEntryd(keys, channels={"image": len(input_keys)}, file_names={"image": list(input_keys)}),
+        # errors name the datalist's keys (t1w, pet), not the chain's (image, label)
+        LoadEntryd(
+            keys, channels={"image": len(input_keys)}, file_names={"image": list(input_keys), "label": [target_key]}
+        ),
         Orientationd(keys, axcodes="RAS", allow_missing_keys=True),
     ]
     if pixdim is not None:

@@ -114,3 +114,31 @@ def test_target_in_other_units_is_refused_naming_the_file(values, target_range, 
 def test_items_without_a_target_pass():
     data = {"image": torch.rand(1, 4, 4, 4), "mask": torch.ones(1, 4, 4, 4)}
     assert CheckTargetRanged("label", "mask", (0.0, 1.0))(data).keys() == data.keys()
+
+
+def test_load_errors_name_the_datalist_keys_and_an_empty_given_mask_its_file(tmp_path):
+    """A NaN target is reported under its datalist key (pet), not the chain's 'label'; an empty mask by its file."""
+    brain = np.zeros(SHAPE, np.float32)
+    brain[3:-3, 3:-3, 3:-3] = 1
+    files = {}
+    texture = np.random.default_rng(0).uniform(0.5, 1.5, SHAPE).astype(np.float32) * brain
+    for key, values in (("t1w", texture * 5), ("flair", texture * 3), ("pet", texture * 1.5), ("mask", brain)):
+        files[key] = str(tmp_path / f"sub-01_{key}.nii.gz")
+        nib.save(nib.Nifti1Image(values, AFFINE), files[key])
+    transforms = preprocessing_transforms(["t1w", "flair"], target_key="pet")
+
+    def chain(data):  # transform by transform: the errors themselves, not Compose's wrapper
+        for transform in transforms:
+            data = transform(data)
+        return data
+
+    item = {"image": [files["t1w"], files["flair"]], "label": files["pet"], "mask": files["mask"], "id": "sub-01"}
+    chain(dict(item))  # a good entry passes
+    target = texture * 1.5
+    target[0, 0, 0] = np.nan
+    nib.save(nib.Nifti1Image(target, AFFINE), str(tmp_path / "nan_pet.nii.gz"))
+    with pytest.raises(ValueError, match=r"key 'pet': .*nan_pet.nii.gz"):
+        chain({**item, "label": str(tmp_path / "nan_pet.nii.gz")})
+    nib.save(nib.Nifti1Image(brain * 0, AFFINE), str(tmp_path / "empty_mask.nii.gz"))
+    with pytest.raises(ValueError, match=r"empty_mask.nii.gz: the brain mask given as 'mask' is empty"):
+        chain({**item, "mask": str(tmp_path / "empty_mask.nii.gz")})
