@@ -278,7 +278,7 @@ def test_cli_training_and_torchrun_multi_gpu_overlay(data_dir, tmp_path):
         ({"target_key": "t2w"}, None, "missing key(s) ['t2w']"),
         ({}, "delete", "sub-0001_pet.nii.gz does not exist"),
         ({"patch_size": [48, 48, 48]}, None, "smaller than patch_size"),
-        ({}, "empty_mask", "the brain mask is empty"),
+        ({}, "empty_mask", "_mask.nii.gz: the brain mask given as 'mask' is empty"),
     ],
 )
 def test_bad_input_gets_a_clear_error(overrides, breaker, message, data_dir, tmp_path):
