@@ -99,9 +99,22 @@ def fit_prior(
         "kind": "cubic_polynomial",
         "degree": model.degree,
         "coefficients": [float(c) for c in model.coefficients],
+        "training_items": len(items),
+        **_prior_identity(items, input_keys, normalization, target_key, target_range),
+    }
+
+
+def _prior_identity(
+    items: Sequence[Mapping],
+    input_keys: Sequence[str],
+    normalization: str,
+    target_key: str | None,
+    target_range: Sequence[float] | None,
+) -> dict:
+    """What a prior is fitted for and on: recorded by ``fit_prior``, compared by ``load_or_fit_prior``."""
+    return {
         "input_keys": list(input_keys),
         "normalization": normalization,
-        "training_items": len(items),
         "target_key": target_key,
         "target_range": None if target_range is None else [float(v) for v in target_range],
         "training_data_fingerprint": training_data_fingerprint(items),
@@ -173,13 +186,7 @@ def load_or_fit_prior(
     path = Path(path)
     if path.is_file():
         prior = load_prior(path)
-        expected = {
-            "input_keys": list(input_keys),
-            "normalization": normalization,
-            "target_key": target_key,
-            "target_range": None if target_range is None else [float(v) for v in target_range],
-            "training_data_fingerprint": training_data_fingerprint(items),
-        }
+        expected = _prior_identity(items, input_keys, normalization, target_key, target_range)
         differing = [key for key, value in expected.items() if prior.get(key) != value]
         if not differing:
             return prior
