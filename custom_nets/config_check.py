@@ -107,6 +107,7 @@ def check_settings(
     discriminator_roi_size: Sequence[int] | int | None = None,
     task_ids: Mapping[str, object] | None = None,
     model_variant: str = "scgan",
+    sliding_window: Mapping[str, object] | None = None,
 ) -> bool:
     """Raise one ``ValueError`` naming the id and value when the configuration cannot be what the user meant.
 
@@ -119,7 +120,9 @@ def check_settings(
     ``patch_size`` is a list of positive integers, each a multiple
     of the generator's ``size_divisor`` (``prod(strides)``); ``discriminator_roi_size`` is null, a positive integer
     or one positive integer per dimension of ``patch_size``; every non-empty path of ``files`` (``{id: path}``, e.g.
-    ``teacher_weights``) is an existing file.
+    ``teacher_weights``) is an existing file; ``sliding_window`` (the config's ``sw_mode``, ``sw_overlap``,
+    ``sw_batch_size`` and ``sw_sigma_scale``) holds values the sliding-window inferer accepts, so that a typo fails
+    before training rather than at the first validation.
 
     The configs call it after ``set_determinism``: reading ``size_divisor`` builds ``network_def``, whose weights
     must come from the seeded random state.
@@ -185,10 +188,32 @@ def check_settings(
                 f"positive integer or {len(patch_size)} of them (one per dimension of patch_size {list(patch_size)}), "
                 "e.g. 32."
             )
+    _check_sliding_window(sliding_window or {})
     for name, path in (files or {}).items():
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{name} {str(path)!r}: no such file. Give the path of an existing file.")
     return True
+
+
+def _check_sliding_window(settings: Mapping[str, object]) -> None:
+    """Raise a ValueError naming the first ``sw_*`` id whose value ``SeamlessSlidingWindowInferer`` would refuse."""
+    from custom_nets.inferers import BLEND_MODES
+
+    def number(value: object) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+    expected = {
+        "sw_mode": (lambda v: v in BLEND_MODES, f"one of {list(BLEND_MODES)}"),
+        "sw_overlap": (lambda v: number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.5"),
+        "sw_batch_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
+        "sw_sigma_scale": (lambda v: number(v) and v > 0, "a positive number (the Gaussian mode's width), e.g. 0.125"),
+    }
+    for name, value in settings.items():
+        accepts, description = expected[name]
+        if not accepts(value):
+            close = difflib.get_close_matches(str(value), BLEND_MODES, n=1) if name == "sw_mode" else []
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(f"{name} {value!r}: expected {description}{hint}.")
 
 
 def parse_overrides(items: Sequence[str], option: str = "--override") -> dict:

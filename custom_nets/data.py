@@ -43,6 +43,12 @@ def read_datalist(datalist: str | Path) -> dict:
     return content
 
 
+def names_a_file(name: str) -> bool:
+    """Whether an entry id can name an output file (``<id>_<target>.nii.gz``) inside the output folder: not empty,
+    not ``.`` or ``..``, no path separator (``/``, ``\\``) or NUL."""
+    return bool(name) and name not in (".", "..") and not any(c in name for c in ("/", "\\", "\0"))
+
+
 def entry_id(entry: Mapping, index: int = 0) -> str:
     """The id of a datalist entry, unique within its datalist: ``id`` when given (``custom_nets.datasets.folders``
     writes ``<subject>`` or ``<subject>_<session>``), else ``subject`` with ``_<session>`` when a ``session`` is given,
@@ -59,7 +65,8 @@ def split_entries(datalist: str | Path, split: str, content: dict | None = None)
     """``{entry id: entry}`` of one split, in datalist order (``content``: the already read datalist).
 
     Raises:
-        ValueError: the split is missing or empty, or two entries share an id; the message names the datalist.
+        ValueError: the split is missing or empty, an id cannot name a file (it holds a '/') or two entries share an
+            id; the message names the datalist.
     """
     content = read_datalist(datalist) if content is None else content
     if split not in content:
@@ -72,6 +79,11 @@ def split_entries(datalist: str | Path, split: str, content: dict | None = None)
     first_index: dict[str, int] = {}
     for index, entry in enumerate(content[split]):
         name = entry_id(entry, index)
+        if not names_a_file(name):
+            raise ValueError(
+                f"datalist {datalist}, '{split}' entry {index}: id {name!r} cannot name a file (outputs are named "
+                "<id>_<target>.nii.gz in one folder); give an id without '/' or '\\', e.g. sub-01_ses-1."
+            )
         if name in entries:
             raise ValueError(
                 f"datalist {datalist}, '{split}': entries {first_index[name]} and {index} share the id {name!r}; give "
@@ -212,10 +224,11 @@ def load_items(
     """
     if isinstance(input_keys, str):
         input_keys = [input_keys]
+    entries = split_entries(datalist, split)
     if split == "training":
         check_held_out(datalist, base_dir=base_dir, keys=list(input_keys) + ([target_key] if target_key else []))
     items = []
-    for name, entry in list(split_entries(datalist, split).items())[:limit]:
+    for name, entry in list(entries.items())[:limit]:
         needed = list(input_keys) + ([target_key] if target_key else [])
         missing = [key for key in needed if key not in entry]
         if missing:

@@ -25,6 +25,9 @@ def hann_weight_map(roi_size: Sequence[int]) -> torch.Tensor:
     return weights.float()
 
 
+BLEND_MODES = ("hann", "gaussian", "constant")  # SeamlessSlidingWindowInferer's modes: ours, then MONAI's
+
+
 class SeamlessSlidingWindowInferer(SlidingWindowInferer):
     """MONAI's ``SlidingWindowInferer`` with ``mode="hann"``: windows blended by ``hann_weight_map``.
 
@@ -41,6 +44,10 @@ class SeamlessSlidingWindowInferer(SlidingWindowInferer):
         mode: ``"hann"`` (default) or MONAI's ``"gaussian"``/``"constant"`` for comparison.
         sigma_scale: the Gaussian mode's width.
         kwargs: other ``SlidingWindowInferer`` arguments.
+
+    Raises:
+        ValueError: ``mode`` is not one of ``BLEND_MODES`` (the configs check ``sw_mode`` first, naming the id:
+            ``custom_nets.config_check.check_settings``).
     """
 
     def __init__(
@@ -52,6 +59,8 @@ class SeamlessSlidingWindowInferer(SlidingWindowInferer):
         sigma_scale: float = 0.125,
         **kwargs,
     ) -> None:
+        if mode not in BLEND_MODES:
+            raise ValueError(f"mode {mode!r}: expected one of {list(BLEND_MODES)}.")
         if mode == "hann":
             super().__init__(roi_size, sw_batch_size, overlap, mode="constant", **kwargs)
             self.roi_weight_map = hann_weight_map(roi_size)

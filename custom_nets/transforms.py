@@ -13,6 +13,8 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, SaveImaged
 from scipy import ndimage
 
+from custom_nets.data import names_a_file
+
 __all__ = [
     "LoadEntryd",
     "SavePredictiond",
@@ -153,7 +155,7 @@ class SavePredictiond(SaveImaged):
         name = str(entry) if entry not in (None, "") else _stem(sources[0]) if sources[0] else ""
         if not name:
             raise ValueError("cannot name the prediction: the item has no 'id' and its image no source file.")
-        if any(separator in name for separator in ("/", "\\")) or name in (".", ".."):
+        if not names_a_file(name):
             raise ValueError(f"entry id {name!r} cannot name a file (it holds a path separator).")
         path = self.output_dir / (f"{name}_{self.output_postfix}.nii.gz" if self.output_postfix else f"{name}.nii.gz")
         inputs = {Path(s).resolve() for s in sources if s}

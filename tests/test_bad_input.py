@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -185,6 +186,17 @@ def test_duplicate_entry_ids_are_refused(tmp_path):
     datalist.write_text(json.dumps(content))
     with pytest.raises(ValueError, match="share the id 'sub-00'"):
         load_items(datalist, "test", ["t1w", "flair"])
+
+
+@pytest.mark.parametrize("bad_id", ["sub-00/ses-1", "..", "sub\\00"])
+@pytest.mark.parametrize("split", ["training", "test"])
+def test_an_entry_id_that_cannot_name_a_file_is_refused_when_the_datalist_loads(bad_id, split, tmp_path):
+    datalist = _cohort(tmp_path)
+    content = json.loads(datalist.read_text())
+    content[split][0]["id"] = bad_id
+    datalist.write_text(json.dumps(content))
+    with pytest.raises(ValueError, match=f"'{split}' entry 0: id {re.escape(repr(bad_id))} cannot name a file"):
+        load_items(datalist, split, ["t1w", "flair"])
 
 
 def _prediction_item(datalist: Path, index: int = 0) -> dict:

@@ -187,3 +187,40 @@ def test_comparison_models_write_to_their_own_folders(overlay):
 def test_model_variant_must_be_a_plain_name(variant):
     with pytest.raises(ValueError, match="model_variant .*plain name"):
         check_settings("pet", [64] * 3, 32, argv=[], model_variant=variant)
+
+
+SLIDING_WINDOW = {"sw_mode": "hann", "sw_overlap": 0.5, "sw_batch_size": 4, "sw_sigma_scale": 0.125}
+
+
+@pytest.mark.parametrize(
+    "changed, message",
+    [
+        (
+            {"sw_mode": "gausian"},
+            r"sw_mode 'gausian': expected one of \['hann', 'gaussian', 'constant'\] \(did you mean",
+        ),
+        ({"sw_mode": None}, "sw_mode None: expected one of"),
+        ({"sw_overlap": 1.0}, r"sw_overlap 1.0: expected a number in \[0, 1\)"),
+        ({"sw_overlap": "0.5"}, "sw_overlap '0.5'"),
+        ({"sw_batch_size": 0}, "sw_batch_size 0: expected a positive integer"),
+        ({"sw_sigma_scale": -1}, "sw_sigma_scale -1: expected a positive number"),
+        ({"sw_mode": "gaussian", "sw_overlap": 0.0}, None),
+    ],
+)
+def test_sliding_window_settings_are_named(changed, message):
+    settings = {**SLIDING_WINDOW, **changed}
+    if message is None:
+        assert check_settings("pet", [64] * 3, 32, argv=[], sliding_window=settings)
+        return
+    with pytest.raises(ValueError, match=message):
+        check_settings("pet", [64] * 3, 32, argv=[], sliding_window=settings)
+
+
+def test_sliding_window_typo_stops_training_before_anything_is_written(tmp_path):
+    """The inferer is built at the first validation, an epoch into training: the check runs before that."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", FILES]
+    command += ["--bundle_root", str(tmp_path), "--sw_mode", "gausian"]
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode != 0
+    assert "sw_mode 'gausian': expected one of" in result.stderr
+    assert not (tmp_path / "models").exists()

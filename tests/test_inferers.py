@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from custom_nets import build_generator
-from custom_nets.inferers import SeamlessSlidingWindowInferer, hann_weight_map, size_divisor
+from custom_nets.inferers import BLEND_MODES, SeamlessSlidingWindowInferer, hann_weight_map, size_divisor
 from custom_nets.metrics import seam_ratios, window_starts
 
 
@@ -54,7 +54,12 @@ def test_hann_weights_are_a_partition_of_unity_at_half_overlap():
     assert hann_weight_map((4, 6, 8)).shape == (4, 6, 8)
 
 
-@pytest.mark.parametrize("mode", ["hann", "gaussian", "constant"])
+def test_an_unknown_blend_mode_is_named():
+    with pytest.raises(ValueError, match=r"mode 'gausian': expected one of \['hann', 'gaussian', 'constant'\]"):
+        SeamlessSlidingWindowInferer((16, 16, 16), 2, 0.5, mode="gausian")
+
+
+@pytest.mark.parametrize("mode", BLEND_MODES)
 def test_a_constant_prediction_stays_constant(mode):
     output = SeamlessSlidingWindowInferer((16, 16, 16), 2, 0.5, mode=mode)(
         torch.rand(1, 2, 40, 24, 33), lambda x: torch.full_like(x[:, :1], 3.0)
