@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import logging
 from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
@@ -69,12 +70,15 @@ def fit_prior(
     normalization: str,
     target_key: str | None = None,
     target_range: Sequence[float] | None = None,
+    preprocessing: Mapping[str, object] | None = None,
 ) -> dict:
     """Fit ``CubicPolynomial`` on training ``items`` (``{"image", "label", "mask"?}``, as the bundle's datasets hold
     them) after ``transforms`` (the bundle's preprocessing without the prior), so the polynomial sees exactly the
     network's normalised inputs; the target is in the preprocessed [0, 1] scale. The result records what it was fitted
-    for (``input_keys``, ``normalization``, ``target_key``, ``target_range``) and on (``training_data_fingerprint``),
-    so that a later run can tell whether it still applies.
+    for (``input_keys``, ``normalization``, ``target_key``, ``target_range``, and ``preprocessing``: the other
+    settings of ``transforms`` that change what the polynomial sees, e.g. ``{"pixdim": None, "degrade_factor": 1,
+    "brain_extraction": "threshold"}``) and on (``training_data_fingerprint``), so that a later run can tell whether it
+    still applies.
 
     Raises:
         ValueError: no items, or an item without a ``label``.
@@ -100,7 +104,7 @@ def fit_prior(
         "degree": model.degree,
         "coefficients": [float(c) for c in model.coefficients],
         "training_items": len(items),
-        **_prior_identity(items, input_keys, normalization, target_key, target_range),
+        **_prior_identity(items, input_keys, normalization, target_key, target_range, preprocessing),
     }
 
 
@@ -110,15 +114,22 @@ def _prior_identity(
     normalization: str,
     target_key: str | None,
     target_range: Sequence[float] | None,
+    preprocessing: Mapping[str, object] | None = None,
 ) -> dict:
     """What a prior is fitted for and on: recorded by ``fit_prior``, compared by ``load_or_fit_prior``."""
     return {
         "input_keys": list(input_keys),
+        "preprocessing": _as_json(preprocessing or {}),
         "normalization": normalization,
         "target_key": target_key,
         "target_range": None if target_range is None else [float(v) for v in target_range],
         "training_data_fingerprint": training_data_fingerprint(items),
     }
+
+
+def _as_json(value: object) -> object:
+    """``value`` as it reads back from JSON (tuples become lists), so that recorded and configured values compare."""
+    return json.loads(json.dumps(value))
 
 
 def training_data_fingerprint(items: Sequence[Mapping]) -> str:
@@ -142,14 +153,18 @@ def load_prior(
     input_keys: Sequence[str] | None = None,
     normalization: str | None = None,
     target_key: str | None = None,
+    preprocessing: Mapping[str, object] | None = None,
 ) -> dict:
-    """Read a prior written by ``load_or_fit_prior`` and check it was fitted for ``input_keys``, ``normalization`` and
-    ``target_key`` (each checked when given; a prior that records no target is not checked for it).
+    """Read a prior written by ``load_or_fit_prior`` and check it was fitted for ``input_keys``, ``normalization``,
+    ``target_key`` and each setting of ``preprocessing`` (e.g. ``{"pixdim": None, "degrade_factor": 1}``: inference
+    with other values than training's would feed the network and the prior other inputs than they were fitted on).
+    Each is checked when given; a prior that does not record one is not checked for it.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (train with ``per_voxel_prior: true`` first; it is written beside
             the weights).
-        ValueError: the file is not a prior, or was fitted for other inputs, another normalisation or another target.
+        ValueError: the file is not a prior, or was fitted for other inputs, another normalisation, another target or
+            other preprocessing (the message names the id and both values).
     """
     path = Path(path)
     hint = "it is written by training with per_voxel_prior true, beside the weights; copy it with the model."
@@ -164,6 +179,13 @@ def load_prior(
     for key, expected in expectations:
         if expected is not None and prior.get(key) is not None and prior[key] != expected:
             raise ValueError(f"{path}: fitted for {key} {prior[key]!r}, but the config has {expected!r}.")
+    recorded = prior.get("preprocessing") or {}
+    for key, expected in _as_json(dict(preprocessing or {})).items():
+        if key in recorded and recorded[key] != expected:
+            raise ValueError(
+                f"{path}: the model was trained with {key} {recorded[key]!r}, but the config has {expected!r}; give "
+                f"--{key} as in training."
+            )
     return prior
 
 
@@ -175,9 +197,10 @@ def load_or_fit_prior(
     normalization: str,
     target_key: str | None = None,
     target_range: Sequence[float] | None = None,
+    preprocessing: Mapping[str, object] | None = None,
 ) -> dict:
-    """The prior at ``path`` when it was fitted for the same inputs, normalisation, target and target range on the
-    same training files (a resumed run, or a rerun on unchanged data); otherwise ``fit_prior`` on ``items``, written
+    """The prior at ``path`` when it was fitted for the same inputs, normalisation, target, target range and
+    ``preprocessing`` settings (``fit_prior``) on the same training files (a resumed run, or a rerun on unchanged data); otherwise ``fit_prior`` on ``items``, written
     there atomically, with the reason logged: a prior left by another dataset, target or task is never reused.
 
     Raises:
@@ -186,7 +209,7 @@ def load_or_fit_prior(
     path = Path(path)
     if path.is_file():
         prior = load_prior(path)
-        expected = _prior_identity(items, input_keys, normalization, target_key, target_range)
+        expected = _prior_identity(items, input_keys, normalization, target_key, target_range, preprocessing)
         differing = [key for key, value in expected.items() if prior.get(key) != value]
         if not differing:
             return prior
@@ -196,7 +219,7 @@ def load_or_fit_prior(
             ", ".join(differing),
             len(items),
         )
-    prior = fit_prior(items, transforms, input_keys, normalization, target_key, target_range)
+    prior = fit_prior(items, transforms, input_keys, normalization, target_key, target_range, preprocessing)
     atomic_write_json(path, prior)
     return prior
 

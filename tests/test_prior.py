@@ -104,6 +104,28 @@ def test_a_prior_fitted_for_other_data_or_target_is_refitted(change, reason, dat
         assert refitted["coefficients"] != first["coefficients"]
 
 
+@pytest.mark.parametrize("setting, first, second", [("degrade_factor", 1, 2), ("pixdim", None, [3.0, 3.0, 3.0])])
+def test_training_refits_the_prior_when_the_preprocessing_changes(setting, first, second, data_dir, tmp_path, caplog):
+    """``--degrade_factor`` or ``--pixdim`` change what the polynomial sees: train.json's prior must not be the one
+    fitted with the old value, and inference with another value than training's is refused, naming the id."""
+
+    def prior(value):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / "train.json"), str(CONFIGS / "tasks" / "pet.json")])
+        parser.update({"bundle_root": str(tmp_path), "dataset_dir": str(data_dir), setting: value})
+        return parser.get_parsed_content("prior")
+
+    fitted = prior(first)
+    with caplog.at_level("WARNING", logger="custom_nets.prior"):
+        refitted = prior(second)
+    assert "preprocessing" in caplog.text and "refitting" in caplog.text
+    assert refitted["preprocessing"][setting] == second and refitted["coefficients"] != fitted["coefficients"]
+    path = tmp_path / "models" / "prior_pet.json"
+    assert load_prior(path, preprocessing={setting: second}) == refitted
+    with pytest.raises(ValueError, match=f"trained with {setting} .*, but the config has {first!r}; give --{setting}"):
+        load_prior(path, preprocessing={setting: first})
+
+
 def test_no_prior_leaves_the_image_alone():
     data = {"image": torch.rand(2, 4, 4, 4), "mask": torch.ones(1, 4, 4, 4)}
     assert AppendPriord("image", "mask", None)(data)["image"] is data["image"]
