@@ -8,12 +8,15 @@ from __future__ import annotations
 import difflib
 import inspect
 import json
+import math
 import re
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["check_settings", "unknown_cli_ids", "parse_overrides", "TASK_NAME"]
+from custom_nets.inferers import BLEND_MODES
+
+__all__ = ["check_settings", "unknown_cli_ids", "parse_overrides", "TASK_NAME", "SETTING_RULES"]
 
 TASK_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -107,7 +110,7 @@ def check_settings(
     discriminator_roi_size: Sequence[int] | int | None = None,
     task_ids: Mapping[str, object] | None = None,
     model_variant: str = "scgan",
-    sliding_window: Mapping[str, object] | None = None,
+    settings: Mapping[str, object] | None = None,
 ) -> bool:
     """Raise one ``ValueError`` naming the id and value when the configuration cannot be what the user meant.
 
@@ -120,9 +123,10 @@ def check_settings(
     ``patch_size`` is a list of positive integers, each a multiple
     of the generator's ``size_divisor`` (``prod(strides)``); ``discriminator_roi_size`` is null, a positive integer
     or one positive integer per dimension of ``patch_size``; every non-empty path of ``files`` (``{id: path}``, e.g.
-    ``teacher_weights``) is an existing file; ``sliding_window`` (the config's ``sw_mode``, ``sw_overlap``,
-    ``sw_batch_size`` and ``sw_sigma_scale``) holds values the sliding-window inferer accepts, so that a typo fails
-    before training rather than at the first validation.
+    ``teacher_weights``) is an existing file; each value of ``settings`` (``{id: value}``, the config's
+    ``checked_settings``) is one ``SETTING_RULES`` accepts, so that ``--sw_mode gausian`` or ``--val_interval 0`` fails
+    before the prior is fitted or anything is written, rather than an epoch into training or deep inside ignite; no
+    id of the command line has the value ``null`` (fire passes it as the text 'null': write ``None``).
 
     The configs call it after ``set_determinism``: reading ``size_divisor`` builds ``network_def``, whose weights
     must come from the seeded random state.
@@ -141,6 +145,11 @@ def check_settings(
             for name, close in unknown
         ]
         raise ValueError("; ".join(lines) + ". Nothing was run.")
+    nulls = _null_on_command_line(list(sys.argv if argv is None else argv))
+    if nulls:
+        raise ValueError(
+            f"--{nulls[0]} null: on the command line write None (fire passes null as the text 'null'). Nothing was run."
+        )
     if not isinstance(task, str) or not TASK_NAME.match(task):
         raise ValueError(f"task {task!r}: expected a plain name of letters, digits, '_' or '-' (it names files).")
     if not isinstance(model_variant, str) or not TASK_NAME.match(model_variant):
@@ -188,32 +197,131 @@ def check_settings(
                 f"positive integer or {len(patch_size)} of them (one per dimension of patch_size {list(patch_size)}), "
                 "e.g. 32."
             )
-    _check_sliding_window(sliding_window or {})
+    _check_values(settings or {})
     for name, path in (files or {}).items():
         if path and not Path(path).is_file():
             raise FileNotFoundError(f"{name} {str(path)!r}: no such file. Give the path of an existing file.")
     return True
 
 
-def _check_sliding_window(settings: Mapping[str, object]) -> None:
-    """Raise a ValueError naming the first ``sw_*`` id whose value ``SeamlessSlidingWindowInferer`` would refuse."""
-    from custom_nets.inferers import BLEND_MODES
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
-    def number(value: object) -> bool:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
 
-    expected = {
-        "sw_mode": (lambda v: v in BLEND_MODES, f"one of {list(BLEND_MODES)}"),
-        "sw_overlap": (lambda v: number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.5"),
-        "sw_batch_size": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer"),
-        "sw_sigma_scale": (lambda v: number(v) and v > 0, "a positive number (the Gaussian mode's width), e.g. 0.125"),
-    }
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _rule(accepts: Callable[[object], bool], description: str) -> tuple[Callable[[object], bool], str]:
+    return accepts, description
+
+
+_POSITIVE_INTEGER = _rule(lambda v: _integer(v) and v > 0, "a positive integer")
+_NON_NEGATIVE = _rule(lambda v: _number(v) and v >= 0, "a number >= 0")
+_POSITIVE = _rule(lambda v: _number(v) and v > 0, "a number > 0")
+_FRACTION = _rule(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1)")
+_PROBABILITY = _rule(lambda v: _number(v) and 0 <= v <= 1, "a number in [0, 1]")
+_BOOLEAN = _rule(lambda v: isinstance(v, bool), "True or False")
+_LIMIT = _rule(lambda v: v is None or (_integer(v) and v > 0), "None (every entry) or a positive integer")
+
+
+def _choices(*names: str) -> tuple[Callable[[object], bool], str]:
+    return _rule(lambda v: v in names, f"one of {list(names)}")
+
+
+# What each scalar id of the configs accepts (the ids a config passes to ``check_settings(settings=...)``); a wrong
+# value would otherwise fail deep inside MONAI or ignite without naming the id, often an epoch into training, or be
+# used silently (``epochs`` 1.5, ``augmentation_prob`` 2).
+SETTING_RULES: dict[str, tuple[Callable[[object], bool], str]] = {
+    "epochs": _POSITIVE_INTEGER,
+    "epoch_length": _POSITIVE_INTEGER,
+    "val_interval": _POSITIVE_INTEGER,
+    "num_samples": _POSITIVE_INTEGER,
+    "batch_size": _POSITIVE_INTEGER,
+    "val_batch_size": _POSITIVE_INTEGER,
+    "d_steps": _POSITIVE_INTEGER,
+    "adversarial_interval": _POSITIVE_INTEGER,
+    "seed": _rule(lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "num_workers": _rule(lambda v: _integer(v) and v >= 0, "an integer >= 0"),
+    "train_limit": _LIMIT,
+    "val_limit": _LIMIT,
+    "time_budget_minutes": _rule(lambda v: _number(v) and v >= 0, "a number of minutes >= 0 (0: no budget)"),
+    "lr_g": _POSITIVE,
+    "lr_d": _POSITIVE,
+    "lambda_adv": _NON_NEGATIVE,
+    "lambda_fm": _NON_NEGATIVE,
+    "lambda_l1": _NON_NEGATIVE,
+    "lambda_rmse": _NON_NEGATIVE,
+    "lambda_distill_output": _NON_NEGATIVE,
+    "lambda_distill_feature": _NON_NEGATIVE,
+    "instance_noise": _NON_NEGATIVE,
+    "adversarial_start": _FRACTION,
+    "ema_decay": _FRACTION,
+    "augmentation_prob": _PROBABILITY,
+    "cache_rate": _PROBABILITY,
+    "degrade_factor": _rule(lambda v: _number(v) and v >= 1, "a number >= 1 (1: no degradation)"),
+    "target_min": _rule(_number, "a number"),
+    "target_max": _rule(_number, "a number"),
+    "adversarial_criterion": _choices("least_squares", "bce", "hinge"),  # MONAI PatchAdversarialLoss
+    "sw_mode": _choices(*BLEND_MODES),
+    "sw_overlap": _rule(lambda v: _number(v) and 0 <= v < 1, "a number in [0, 1), e.g. 0.5"),
+    "sw_batch_size": _POSITIVE_INTEGER,
+    "sw_sigma_scale": _rule(
+        lambda v: _number(v) and v > 0, "a positive number (the Gaussian mode's width), e.g. 0.125"
+    ),
+    "pixdim": _rule(
+        lambda v: v is None
+        or (isinstance(v, Sequence) and not isinstance(v, str) and all(_number(x) and x > 0 for x in v)),
+        "None (the input's grid) or positive voxel sizes in mm, e.g. [1.0,1.0,1.0]",
+    ),
+    **{
+        name: _BOOLEAN
+        for name in (
+            "amp",
+            "resume",
+            "spectral_norm",
+            "attention",
+            "use_discriminator",
+            "per_voxel_prior",
+            "residual_on_prior",
+            "channels_last",
+            "progress_bar",
+            "fold_spectral_norm",
+        )
+    },
+}
+
+
+def _check_values(settings: Mapping[str, object]) -> None:
+    """Raise a ValueError naming the first id of ``settings`` whose value ``SETTING_RULES`` refuses."""
     for name, value in settings.items():
-        accepts, description = expected[name]
+        accepts, description = SETTING_RULES[name]
         if not accepts(value):
             close = difflib.get_close_matches(str(value), BLEND_MODES, n=1) if name == "sw_mode" else []
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise ValueError(f"{name} {value!r}: expected {description}{hint}.")
+    if {"target_min", "target_max"} <= set(settings) and not settings["target_min"] < settings["target_max"]:
+        raise ValueError(
+            f"target_min {settings['target_min']!r} and target_max {settings['target_max']!r}: expected "
+            "target_min < target_max (the target's range in its unit)."
+        )
+
+
+def _null_on_command_line(argv: Sequence[str]) -> list[str]:
+    """The ``--id`` arguments of a ``monai.bundle`` command line whose value is ``null``: fire reads it as the text
+    'null', not JSON's null."""
+    if not _cli_ids(argv):
+        return []
+    names = []
+    for index, token in enumerate(argv):
+        if not token.startswith("--") or len(token) <= 2:
+            continue
+        name, separator, value = token[2:].partition("=")
+        if not separator:
+            value = argv[index + 1] if index + 1 < len(argv) else ""
+        if value.strip().lower() == "null":
+            names.append(name)
+    return names
 
 
 def parse_overrides(items: Sequence[str], option: str = "--override") -> dict:

@@ -200,8 +200,9 @@ def load_or_fit_prior(
     preprocessing: Mapping[str, object] | None = None,
 ) -> dict:
     """The prior at ``path`` when it was fitted for the same inputs, normalisation, target, target range and
-    ``preprocessing`` settings (``fit_prior``) on the same training files (a resumed run, or a rerun on unchanged data); otherwise ``fit_prior`` on ``items``, written
-    there atomically, with the reason logged: a prior left by another dataset, target or task is never reused.
+    ``preprocessing`` settings (``fit_prior``) on the same training files (a resumed run, or a rerun on unchanged
+    data); otherwise ``fit_prior`` on ``items``, written there atomically, with the reason logged: a prior left by
+    another dataset, target, task or preprocessing is never reused.
 
     Raises:
         ValueError: as ``fit_prior``, or the file at ``path`` is not a per-voxel prior.

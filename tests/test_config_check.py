@@ -159,7 +159,7 @@ def test_ids_shared_by_training_and_inference_agree():
 
     train = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
     infer = json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8"))
-    differing = {"imports", "initialize", "run", "prior", "check_config", "fold_spectral_norm"}
+    differing = {"imports", "initialize", "run", "prior", "check_config", "checked_settings", "fold_spectral_norm"}
     shared = sorted(set(train) & set(infer) - differing)
     assert {"network_def", "load_transforms", "input_keys", "per_voxel_prior", "residual_on_prior"} <= set(shared)
     assert {key for key in shared if train[key] != infer[key]} == set()
@@ -210,17 +210,82 @@ SLIDING_WINDOW = {"sw_mode": "hann", "sw_overlap": 0.5, "sw_batch_size": 4, "sw_
 def test_sliding_window_settings_are_named(changed, message):
     settings = {**SLIDING_WINDOW, **changed}
     if message is None:
-        assert check_settings("pet", [64] * 3, 32, argv=[], sliding_window=settings)
+        assert check_settings("pet", [64] * 3, 32, argv=[], settings=settings)
         return
     with pytest.raises(ValueError, match=message):
-        check_settings("pet", [64] * 3, 32, argv=[], sliding_window=settings)
+        check_settings("pet", [64] * 3, 32, argv=[], settings=settings)
 
 
-def test_sliding_window_typo_stops_training_before_anything_is_written(tmp_path):
-    """The inferer is built at the first validation, an epoch into training: the check runs before that."""
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("epochs", 1.5, "epochs 1.5: expected a positive integer"),
+        ("epochs", 0, "epochs 0: expected a positive integer"),
+        ("val_interval", 0, "val_interval 0: expected a positive integer"),
+        ("num_samples", 0, "num_samples 0"),
+        ("amp", "maybe", "amp 'maybe': expected True or False"),
+        ("augmentation_prob", 2, r"augmentation_prob 2: expected a number in \[0, 1\]"),
+        ("time_budget_minutes", -1, "time_budget_minutes -1: expected a number of minutes >= 0"),
+        ("ema_decay", 1.5, r"ema_decay 1.5: expected a number in \[0, 1\)"),
+        ("adversarial_start", 2, "adversarial_start 2"),
+        ("lambda_l1", -5, "lambda_l1 -5: expected a number >= 0"),
+        ("lr_g", -1, "lr_g -1: expected a number > 0"),
+        ("d_steps", 0, "d_steps 0"),
+        ("instance_noise", -1, "instance_noise -1"),
+        ("adversarial_criterion", "wgan", r"adversarial_criterion 'wgan': expected one of \['least_squares'"),
+        ("pixdim", "null", "pixdim 'null': expected None"),
+        ("pixdim", [0, 1, 1], "pixdim"),
+        ("degrade_factor", 0.5, "degrade_factor 0.5: expected a number >= 1"),
+        ("target_max", -1.0, "target_min 0.0 and target_max -1.0: expected target_min < target_max"),
+        ("train_limit", 0, "train_limit 0"),
+        ("pixdim", [1.5, 1.5, 2], None),
+        ("train_limit", None, None),
+    ],
+)
+def test_setting_values_are_named(name, value, message):
+    settings = {"target_min": 0.0, "target_max": 3.0, name: value}
+    if message is None:
+        assert check_settings("pet", [64] * 3, 32, argv=[], settings=settings)
+        return
+    with pytest.raises(ValueError, match=message):
+        check_settings("pet", [64] * 3, 32, argv=[], settings=settings)
+
+
+@pytest.mark.parametrize("config", ["train.json", "inference.json"])
+def test_every_checked_id_of_a_config_is_passed_to_the_check(config):
+    """Each id of ``SETTING_RULES`` that a config defines reaches ``check_settings`` through its ``checked_settings``,
+    and the defaults pass."""
+    from monai.bundle import ConfigParser
+
+    from custom_nets.config_check import SETTING_RULES
+
+    content = json.loads((CONFIGS / config).read_text(encoding="utf-8"))
+    assert set(content["checked_settings"]) == set(SETTING_RULES) & set(content)
+    assert "settings=@checked_settings" in content["check_config"]
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / config), str(CONFIGS / "tasks" / "pet.json")])
+    assert check_settings("pet", [64] * 3, 32, argv=[], settings=parser.get_parsed_content("checked_settings"))
+
+
+@pytest.mark.parametrize("argv", [[MAIN, "--final_act", "null"], [MAIN, "--pixdim=NULL"]])
+def test_null_on_the_command_line_is_named(argv):
+    with pytest.raises(ValueError, match=r"--(final_act|pixdim) null: on the command line write None"):
+        check_settings("pet", [64] * 3, 32, argv=argv)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--sw_mode", "gausian"], "sw_mode 'gausian': expected one of"),
+        (["--val_interval", "0"], "val_interval 0: expected a positive integer"),
+    ],
+)
+def test_a_bad_value_stops_training_before_anything_is_written(extra, message, tmp_path):
+    """The inferer is built at the first validation and ignite reads val_interval when the trainer is built, after
+    the prior is fitted: the check runs before either."""
     command = [sys.executable, "-m", "monai.bundle", "run", "training", "--config_file", FILES]
-    command += ["--bundle_root", str(tmp_path), "--sw_mode", "gausian"]
+    command += ["--bundle_root", str(tmp_path), *extra]
     result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode != 0
-    assert "sw_mode 'gausian': expected one of" in result.stderr
-    assert not (tmp_path / "models").exists()
+    assert message in result.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()
