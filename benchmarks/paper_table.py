@@ -311,7 +311,8 @@ def _results_markdown(report: dict, content: dict, args, seconds: float) -> list
         "can remove.",
         "- Metrics inside the brain mask, over the whole volume (`custom_nets/metrics.py`): NRMSE = RMSE / (max − min "
         "of the target in the mask); PSNR = 20 log10(data range / RMSE) with the same data range; SSIM averaged over "
-        "mask voxels (Gaussian window σ 1.5 voxels). The paper's code (`testing.py` of Haoyulance/SC-GAN) rescales "
+        "mask voxels (Gaussian window σ 1.5 voxels; both images zero outside the mask). The paper's code "
+        "(`testing.py` of Haoyulance/SC-GAN) rescales "
         "each target to [−1, 1] by its min–max, averages per-slice RMSE and PSNR over the target's non-zero voxels "
         "along the three axes (NRMSE = that RMSE / 2), and SSIM over whole slices of one axis, background included "
         "(11-voxel Gaussian window): other absolute values, the same ranking idea. Mean [95 % t-interval] over test "

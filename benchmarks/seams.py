@@ -56,8 +56,9 @@ def measure(run: Path, task: str, datalist: Path, name: str, overrides: dict, ex
     roi = tuple(workflow.parser.get_parsed_content("patch_size"))
     overlap = workflow.parser.get_parsed_content("sw_overlap")
     target_key = workflow.parser.get_parsed_content("target_key")
+    postfix = workflow.parser.get_parsed_content("output_postfix")
     workflow.finalize()
-    scores = evaluate_predictions(out, datalist, target_key, "test")
+    scores = evaluate_predictions(out, datalist, target_key, "test", postfix=postfix)
     worst = []
     entries = split_entries(datalist, "test")
     for name, entry in entries.items():

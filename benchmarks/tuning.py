@@ -165,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.docs:
         check_generated_doc(_doc_path(args), SCRIPT)  # before an hour of training, not after
     datalist = synthetic_datalist(args.data, 40, args.seed, (0.65, 0.05, 0.30))
-    task = task_settings(BUNDLE, args.task)
+    task = task_settings(BUNDLE, args.task, ("target_key", "input_keys", "output_postfix"))
     target_key, input_keys = task["target_key"], task["input_keys"]
     out = Path(args.out).absolute() / f"{args.task}_{args.iterations}it_seed{args.seed}"
     # train.json's patches and batches (64³, 1 subject × 2 patches) and its inference settings
@@ -190,7 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         run = train_and_infer(
             BUNDLE, args.task, overlays, datalist, out / f"variant{index}", settings, overrides=overrides
         )
-        scores = scores_of[name] = evaluate_predictions(run["predictions"], datalist, target_key, "test")
+        scores = scores_of[name] = evaluate_predictions(
+            run["predictions"], datalist, target_key, "test", postfix=task["output_postfix"]
+        )
         versus = paired_difference(scores, scores_of[DEFAULTS]) if name != DEFAULTS else None
         rows[name] = {
             "versus_defaults": versus,

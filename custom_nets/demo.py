@@ -37,7 +37,7 @@ def run_demo(
     Raises:
         ValueError: unknown task; FileNotFoundError: ``bundle`` has no configs.
     """
-    settings = task_settings(bundle, task, ("target_key", "input_keys", "target_unit"))
+    settings = task_settings(bundle, task, ("target_key", "input_keys", "target_unit", "output_postfix"))
     unit = settings["target_unit"]
     target_key, bundle, datalist = settings["target_key"], Path(bundle).absolute(), Path(data_dir) / "datalist.json"
     if not datalist.is_file():
@@ -51,7 +51,9 @@ def run_demo(
     selected = {"overrides": overrides, "reuse": False, "model_selection": True, "outputs_root": bundle}
     run = train_and_infer(bundle, task, [], datalist, out, budget, **selected)
     rows = {"scgan": {"predictions": run["predictions"]}}
-    rows["scgan"]["scores"] = evaluate_predictions(run["predictions"], datalist, target_key, "test", out / "scores")
+    rows["scgan"]["scores"] = evaluate_predictions(
+        run["predictions"], datalist, target_key, "test", out / "scores", postfix=settings["output_postfix"]
+    )
     rows.update(run_baselines(datalist, out / "baselines", target_key, settings["input_keys"]))
     compared = {"SC-GAN": run["predictions"], "lookup table": rows["intensity_lookup"]["predictions"]}
     figure = comparison_figure(out / "synthesis.png", datalist, settings["input_keys"], target_key, compared, unit)

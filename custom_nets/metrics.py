@@ -86,13 +86,16 @@ def _gaussian_blur(x: torch.Tensor, sigma: float = 1.5, radius: int = 5) -> torc
 
 
 def masked_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, data_range: float | None = None) -> float:
-    """Structural similarity (Wang et al., IEEE TIP 2004) averaged over the mask's voxels: the SSIM map of the whole
-    volume with a Gaussian window (σ 1.5 voxels, zero padding), K1 0.01, K2 0.03, ``data_range`` by default the
-    target's range in the mask. Shapes ``(B, C, *spatial)`` with 2 or 3 spatial dims. Errors as ``masked_rmse``."""
+    """Structural similarity (Wang et al., IEEE TIP 2004) averaged over the mask's voxels: the SSIM map of both images
+    set to zero outside the mask (the brain-extracted images: what lies outside, e.g. a target's extracerebral signal
+    that the masked synthesis never holds, does not enter the windows at the brain's border, and the bundle's
+    validation, whose target is masked in preprocessing, gives the same value), with a Gaussian window (σ 1.5 voxels,
+    zero padding), K1 0.01, K2 0.03, ``data_range`` by default the target's range in the mask. Shapes
+    ``(B, C, *spatial)`` with 2 or 3 spatial dims. Errors as ``masked_rmse``."""
     mask = _checked(pred, target, mask)
     values = target[mask].double()
     data_range = float(values.max() - values.min()) if data_range is None else data_range
-    x, y = pred.double(), target.double()
+    x, y = pred.double() * mask, target.double() * mask
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mu_x, mu_y = _gaussian_blur(x), _gaussian_blur(y)
     var_x = _gaussian_blur(x * x) - mu_x**2

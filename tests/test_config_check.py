@@ -167,8 +167,9 @@ def test_ids_shared_by_training_and_inference_agree():
 
 @pytest.mark.parametrize("overlay", sorted((CONFIGS / "models").glob("*.json")), ids=lambda p: p.stem)
 def test_comparison_models_write_to_their_own_folders(overlay):
-    """Each comparison model names itself, so its weights, resume file, prior and TensorBoard runs go to
-    ``models/<model_variant>/`` and ``runs/<task>_<model_variant>``: training one never replaces SC-GAN's model."""
+    """Each comparison model names itself, so its weights, resume file, prior, TensorBoard runs, predictions and test
+    metrics go to ``models/<model_variant>/``, ``runs/<task>_<model_variant>`` and ``eval/<model_variant>/``: training
+    or running one never replaces SC-GAN's files."""
     from monai.bundle import ConfigParser
 
     assert json.loads(overlay.read_text())["model_variant"] == overlay.stem
@@ -179,6 +180,8 @@ def test_comparison_models_write_to_their_own_folders(overlay):
         default.read_config([str(CONFIGS / config), str(CONFIGS / "tasks" / "pet.json")])
         assert parser.get_parsed_content("ckpt_dir") == f"./models/{overlay.stem}"
         assert default.get_parsed_content("ckpt_dir") == "./models"
+        assert parser.get_parsed_content("output_dir") == f"./eval/{overlay.stem}"  # predictions and test metrics
+        assert default.get_parsed_content("output_dir") == "./eval"
         if config == "train.json":
             assert parser.get_parsed_content("log_dir") == f"./runs/pet_{overlay.stem}"
 

@@ -63,7 +63,42 @@ def test_missing_prediction_is_named(tmp_path, capsys):
     datalist = _cohort(tmp_path)
     (tmp_path / "empty").mkdir()
     assert evaluate_cli(["--pred", str(tmp_path / "empty"), "--datalist", str(datalist), "--target", "pet"]) == 2
-    assert "expected one prediction for sub-04" in capsys.readouterr().out
+    assert "expected the prediction sub-04_pet.nii.gz, found none" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "files, postfix, error",
+    [
+        (["md"], None, "expected the prediction sub-04_pet.nii.gz, found sub-04_md.nii.gz"),  # another task's map
+        (["md", "pet"], None, None),  # every task's map in one eval/ folder: the target's is scored
+        (["sr"], "sr", None),  # sr writes <id>_sr for the target fa
+        (["pet"], "sr", "expected the prediction sub-04_sr.nii.gz, found sub-04_pet.nii.gz"),
+    ],
+)
+def test_predictions_are_chosen_by_their_postfix(files, postfix, error, tmp_path, capsys):
+    datalist = _cohort(tmp_path)
+    predictions = tmp_path / "pred"
+    predictions.mkdir()
+    target = tmp_path / "sub-04" / "sub-04_pet.nii.gz"
+    for name in files:
+        (predictions / f"sub-04_{name}.nii.gz").write_bytes(target.read_bytes())
+    args = ["--pred", str(predictions), "--datalist", str(datalist), "--target", "pet"]
+    code = evaluate_cli(args + (["--postfix", postfix] if postfix else []))
+    output = capsys.readouterr().out
+    if error:
+        assert code == 2 and error in output
+    else:
+        assert code == 0 and json.loads((predictions / "scores" / "summary.json").read_text())["subjects"]["sub-04"][
+            "rmse"
+        ] == pytest.approx(0)
+
+
+def test_a_mask_key_given_on_the_command_line_must_exist(tmp_path, capsys):
+    """A mistyped --mask-key used to fall back to the derived mask without a word."""
+    datalist = _cohort(tmp_path)
+    args = ["--pred", str(tmp_path), "--datalist", str(datalist), "--target", "pet", "--mask-key", "nomask"]
+    assert evaluate_cli(args) == 2
+    assert "entry sub-04: no key 'nomask' (the mask to score in)" in capsys.readouterr().out
 
 
 def test_summary_interval():
@@ -76,8 +111,9 @@ def test_summary_interval():
 
 @pytest.mark.parametrize("metric", ["rmse", "nrmse", "psnr", "ssim"])
 def test_validation_metric_reads_in_the_target_units_as_evaluate_does(metric):
-    """The bundle's ``val_*`` metrics (on the [0, 1]-scaled target, scale = target_max − target_min) equal
-    ``custom_nets.evaluation.evaluate``'s on the target in its units: one definition of each metric."""
+    """The bundle's ``val_*`` metrics (on the [0, 1]-scaled target, zero outside the brain as the preprocessing
+    leaves it, scale = target_max − target_min) equal ``custom_nets.evaluation.evaluate``'s on the target file in its
+    units, whose extracerebral signal is not zero: one definition of each metric."""
     import torch
 
     from custom_nets.metrics import METRICS, BrainMaskedMetric
@@ -90,7 +126,7 @@ def test_validation_metric_reads_in_the_target_units_as_evaluate_does(metric):
     mask[..., 2:10, 2:10, 2:10] = 1
     in_units = METRICS[metric](pred, target, mask)
     scaled = BrainMaskedMetric(metric, scale=high - low)
-    scaled(y_pred=(pred - low) / (high - low), y=torch.cat([(target - low) / (high - low), mask], dim=1))
+    scaled(y_pred=(pred - low) / (high - low), y=torch.cat([(target - low) / (high - low) * mask, mask], dim=1))
     assert float(scaled.aggregate()) == pytest.approx(in_units, rel=1e-6)
 
 

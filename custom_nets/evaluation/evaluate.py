@@ -35,25 +35,40 @@ from custom_nets.transforms import derive_brain_mask
 __all__ = ["evaluate_predictions", "summarise", "paired_difference", "noise_free_predictions"]
 
 
-def find_prediction(folder: str | Path, entry: str, other_entries: Sequence[str] = ()) -> Path:
-    """The one file ``<entry>_*.nii*`` or ``<entry>.nii*`` in ``folder`` (the names ``SavePredictiond`` and the
-    baselines write), not counting files of other entries whose id extends this one (``sub-01`` vs ``sub-01_ses-2``).
+def find_prediction(
+    folder: str | Path, entry: str, other_entries: Sequence[str] = (), postfix: str | None = None
+) -> Path:
+    """The prediction of ``entry`` in ``folder``: ``<entry>_<postfix>.nii*`` (the name ``SavePredictiond`` gives with
+    the task's ``output_postfix``, and the baselines with the target key) when ``postfix`` is given, so that another
+    task's map in the same folder (``eval/`` holds every task's) is never scored; otherwise the one file
+    ``<entry>_*.nii*`` or ``<entry>.nii*``, not counting files of other entries whose id extends this one (``sub-01``
+    vs ``sub-01_ses-2``).
 
     Raises:
-        FileNotFoundError: none or several files match; the message lists them.
+        FileNotFoundError: none or several files match; the message lists the entry's files.
     """
     folder = Path(folder)
     longer = [other for other in other_entries if other != entry and other.startswith(entry)]
-    matches = sorted(
+    of_entry = sorted(
         p
         for p in folder.glob(f"{entry}*.nii*")
         if p.name[len(entry)] in "_."
         and not any(p.name.startswith(other) and p.name[len(other)] in "_." for other in longer)
     )
-    if len(matches) != 1:
-        found = ", ".join(p.name for p in matches) or "none"
+    if postfix is not None:
+        matches = [p for p in of_entry if p.name in (f"{entry}_{postfix}.nii", f"{entry}_{postfix}.nii.gz")]
+        if len(matches) == 1:
+            return matches[0]
+        found = ", ".join(p.name for p in of_entry) or "none"
+        raise FileNotFoundError(
+            f"{folder}: expected the prediction {entry}_{postfix}.nii.gz, found {found}. Predictions are matched by "
+            "their postfix (the evaluate CLI's --postfix, default the target key): give the task's output_postfix "
+            "(e.g. sr) to score another name."
+        )
+    if len(of_entry) != 1:
+        found = ", ".join(p.name for p in of_entry) or "none"
         raise FileNotFoundError(f"{folder}: expected one prediction for {entry} ({entry}_*.nii.gz), found {found}.")
-    return matches[0]
+    return of_entry[0]
 
 
 def summarise(values: list[float]) -> dict[str, float]:
@@ -116,16 +131,21 @@ def evaluate_predictions(
     name: str = "model",
     mask_key: str = "mask",
     input_keys: Sequence[str] = ("t1w", "flair"),
+    postfix: str | None = None,
+    require_mask: bool = False,
 ) -> dict:
-    """Score every subject of ``split`` inside the datalist's ``mask_key`` mask (for an entry without one, the mask
-    the bundle derives from its skull-stripped ``input_keys``: ``custom_nets.transforms.derive_brain_mask``); returns
-    ``{"subjects": {...}, "summary": {...}}`` and, when ``out_dir`` is given, writes the CSV, JSON and markdown files
-    there.
+    """Score each subject's ``<id>_<postfix>.nii.gz`` (``postfix`` default: ``target_key``; a task whose
+    ``output_postfix`` differs from its target key, ``sr``, gives it) against the target, inside the datalist's
+    ``mask_key`` mask (for an entry without one, the mask the bundle derives from its skull-stripped ``input_keys``:
+    ``custom_nets.transforms.derive_brain_mask``, unless ``require_mask``, which refuses such an entry); returns
+    ``{"subjects": {...}, "summary": {...}, "masks": {given and derived counts}}`` and, when ``out_dir`` is given,
+    writes the CSV, JSON and markdown files there.
 
     Raises:
         FileNotFoundError: ``pred_dir`` is not a folder, or a file is missing (named).
         ValueError: a file is unreadable or off the target's grid, a mask is empty, or an entry has neither
-            ``mask_key`` nor the ``input_keys`` to derive a mask from; the message names the entry and key.
+            ``mask_key`` nor the ``input_keys`` to derive a mask from (or no ``mask_key`` with ``require_mask``); the
+            message names the entry and key.
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
@@ -133,9 +153,16 @@ def evaluate_predictions(
     entries = split_entries(datalist, split)
     ids = list(entries)
     rows = {}
+    derived_masks = 0
     for subject, entry in entries.items():
         target_file = resolve(datalist, entry, target_key, subject)
         derived = mask_key not in entry
+        if derived and require_mask:
+            raise ValueError(
+                f"datalist {datalist}, entry {subject}: no key '{mask_key}' (the mask to score in); the entry has "
+                f"{sorted(entry)}."
+            )
+        derived_masks += int(derived)
         if derived and not all(key in entry for key in input_keys):
             raise ValueError(
                 f"datalist {datalist}, entry {subject}: no '{mask_key}' to score in, and not the inputs "
@@ -144,7 +171,7 @@ def evaluate_predictions(
             )
         mask_keys = list(input_keys) if derived else [mask_key]
         mask_files = [resolve(datalist, entry, key, subject) for key in mask_keys]
-        path = find_prediction(pred_dir, subject, ids)
+        path = find_prediction(pred_dir, subject, ids, target_key if postfix is None else postfix)
         # every file in RAS voxel order: a prediction on the target's grid stored in another axis order still scores
         target, target_affine = load_volume(target_file, f"entry {subject}, key '{target_key}'", axcodes="RAS")
         reference = (f"entry {subject}, key '{target_key}': {target_file}", target.shape, target_affine)
@@ -162,7 +189,8 @@ def evaluate_predictions(
         tensors = [torch.from_numpy(a)[None, None] for a in (pred, target, mask)]
         rows[subject] = {metric: fn(*tensors) for metric, fn in METRICS.items()}
     summary = {metric: summarise([row[metric] for row in rows.values()]) for metric in METRICS}
-    result = {"name": name, "target": target_key, "split": split, "subjects": rows, "summary": summary}
+    masks = {"key": mask_key, "given": len(rows) - derived_masks, "derived_from_inputs": derived_masks}
+    result = {"name": name, "target": target_key, "split": split, "masks": masks, "subjects": rows, "summary": summary}
     if out_dir is not None:
         out_dir = Path(out_dir)
         stream = io.StringIO()
@@ -188,7 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--out", help="output folder (default: PRED/scores)")
     parser.add_argument("--name", default="model", help="row label in the markdown table")
-    parser.add_argument("--mask-key", default="mask", help="datalist key of the mask the scores are computed in")
+    parser.add_argument(
+        "--mask-key",
+        help="datalist key of the mask the scores are computed in, required in every entry when given (default: "
+        "'mask' where an entry has it, else the mask derived from --input-keys)",
+    )
+    parser.add_argument(
+        "--postfix",
+        help="score the files <entry id>_<POSTFIX>.nii.gz (default: the target key; the sr task writes <id>_sr)",
+    )
     parser.add_argument(
         "--input-keys",
         nargs="+",
@@ -199,7 +235,16 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path(args.pred) / "scores"
     try:
         evaluate_predictions(
-            args.pred, args.datalist, args.target, args.split, out, args.name, args.mask_key, args.input_keys
+            args.pred,
+            args.datalist,
+            args.target,
+            args.split,
+            out,
+            args.name,
+            args.mask_key or "mask",
+            args.input_keys,
+            args.postfix,
+            require_mask=args.mask_key is not None,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}")

@@ -431,7 +431,8 @@ def run_models(
     Raises:
         ValueError: ``interleaved_cost`` without a budget in minutes.
     """
-    target_key = task_settings(bundle, task)["target_key"]
+    names = task_settings(bundle, task, ("target_key", "output_postfix"))
+    target_key, postfix = names["target_key"], names["output_postfix"]  # sr writes <id>_sr for the target fa
     out_dir = Path(out_dir)
     budgets = {model: settings for model in models}
     costs: dict[str, float] = {}
@@ -464,7 +465,14 @@ def run_models(
             model_selection=model_selection,
         )
         scores = evaluate_predictions(
-            run["predictions"], datalist, target_key, split, out_dir / model / "scores", model, score_mask_key
+            run["predictions"],
+            datalist,
+            target_key,
+            split,
+            out_dir / model / "scores",
+            model,
+            score_mask_key,
+            postfix=postfix,
         )
         if costs:
             run = {**run, "interleaved_seconds_per_iteration": costs[model]}
