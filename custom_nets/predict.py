@@ -42,6 +42,7 @@ RECORDED_IDS = (
     "brain_extraction",
     "intensity_normalization",
     "pixdim",
+    "degrade_factor",
     "per_voxel_prior",
     "residual_on_prior",
     "patch_size",
@@ -149,6 +150,21 @@ def predict(
         return _run(bundle, task, items, output_dir, overrides, progress=False)[0]
 
 
+USER_ERRORS = (DatalistError, ValueError, FileNotFoundError, FileExistsError)
+
+
+def user_error(error: BaseException) -> BaseException | None:
+    """The first error of ``error``'s chain (itself, then its causes: MONAI raises a config expression's error as the
+    cause of a ``RuntimeError``) that describes bad input (``USER_ERRORS``: a file, key or value named), else None."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, USER_ERRORS):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m custom_nets.predict", description=__doc__.split("\n")[0])
     parser.add_argument("--bundle", default="bundle", help="the trained bundle folder (configs/, models/)")
@@ -158,13 +174,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layout", choices=("bids", "flat", "pybids"), default="bids")
     parser.add_argument("--key", type=parse_key, action="append", default=[], help="NAME=PATTERN, repeatable")
     parser.add_argument("--brain-extraction", choices=("threshold", "deepbet"), help="for subjects without a mask")
+    parser.add_argument(
+        "--degrade-factor",
+        type=float,
+        help="the task's simulated loss of resolution of the input (default: the task's, sr: 2, which suits a "
+        "high-resolution input); 1 for maps that are already at low resolution",
+    )
     args = parser.parse_args(argv)
+    overrides = {} if args.degrade_factor is None else {"degrade_factor": args.degrade_factor}
     try:
         outputs = predict_folder(
-            args.bundle, args.task, args.input, args.output, args.layout, dict(args.key) or None, args.brain_extraction
+            args.bundle,
+            args.task,
+            args.input,
+            args.output,
+            args.layout,
+            dict(args.key) or None,
+            args.brain_extraction,
+            overrides=overrides,
         )
-    except (DatalistError, ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:  # MONAI wraps a config's errors in RuntimeError: report the user's
+        cause = user_error(error)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         return 2
     for output in outputs:
         print(output)

@@ -156,8 +156,8 @@ def load_prior(
     preprocessing: Mapping[str, object] | None = None,
 ) -> dict:
     """Read a prior written by ``load_or_fit_prior`` and check it was fitted for ``input_keys``, ``normalization``,
-    ``target_key`` and each setting of ``preprocessing`` (e.g. ``{"pixdim": None, "degrade_factor": 1}``: inference
-    with other values than training's would feed the network and the prior other inputs than they were fitted on).
+    ``target_key`` and each setting of ``preprocessing`` (inference.json gives ``{"pixdim": ...}``: another voxel size
+    than training's would feed the network and the prior other inputs than they were fitted on).
     Each is checked when given; a prior that does not record one is not checked for it.
 
     Raises:

@@ -75,6 +75,7 @@ def test_bids_folder_with_sessions_and_mgz_gives_one_synthesis_per_session(train
         sidecar = json.loads((out / f"{entry}_pet.json").read_text(encoding="utf-8"))
         assert sidecar["weights_sha256"] == sha256_of(trained / "models" / "model_pet.pt")
         assert sidecar["settings"]["task"] == "pet" and sidecar["bundle_version"]
+        assert sidecar["settings"]["degrade_factor"] == 1  # sr's simulated loss of resolution, recorded
         assert sidecar["brain_mask"] == ("datalist" if entry == "sub-02" else "threshold")
     assert not np.array_equal(arrays["sub-01_ses-1"], arrays["sub-01_ses-2"])
     mask = load_volume(bids / "sub-02/anat/sub-02_mask.mgz")[0] > 0
@@ -120,6 +121,33 @@ def test_flat_folder_and_the_one_subject_api(trained, data_dir, tmp_path):
     one = predict(trained, "pet", {"t1w": files["t1w"], "flair": files["flair"]}, tmp_path / "one", overrides=TINY)
     assert one.name == "sub-01_pet.nii.gz" and one.is_file()
     assert np.allclose(load_volume(one)[0], load_volume(outputs[0])[0], atol=1e-5)  # same subject, same synthesis
+
+
+def test_a_bundle_without_its_trained_files_is_one_error_line(bids, tmp_path, capsys):
+    """MONAI raises a config's FileNotFoundError as the cause of a RuntimeError: the CLI reports the cause, no
+    traceback, exit code 2, nothing written."""
+    bundle = tmp_path / "untrained"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    out = tmp_path / "out"
+    args = ["--bundle", str(bundle), "--task", "pet", "--input", str(bids), "--output", str(out)]
+    assert predict_cli(args + ["--degrade-factor", "1"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: ") and "not found" in error and "Traceback" not in error
+    assert not out.exists() or not list(out.glob("*.nii.gz"))
+
+
+def test_user_errors_are_found_in_the_cause_chain():
+    from custom_nets.predict import user_error
+
+    cause = FileNotFoundError("model_pet.pt not found")
+    try:
+        try:
+            raise cause
+        except FileNotFoundError as inner:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from inner
+    except RuntimeError as wrapped:
+        assert user_error(wrapped) is cause
+    assert user_error(RuntimeError("a fault of ours")) is None
 
 
 def test_missing_modality_is_named_and_nothing_is_written(trained, bids, tmp_path, capsys):

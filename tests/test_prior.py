@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY, TINY_TRAIN  # noqa: F401 (data_dir is a fixture of conftest)
+from conftest import TINY, TINY_TRAIN, error_messages  # noqa: F401 (data_dir is a fixture of conftest)
 from monai.bundle import ConfigParser, ConfigWorkflow
 
 from custom_nets.data import load_items
@@ -107,7 +107,8 @@ def test_a_prior_fitted_for_other_data_or_target_is_refitted(change, reason, dat
 @pytest.mark.parametrize("setting, first, second", [("degrade_factor", 1, 2), ("pixdim", None, [3.0, 3.0, 3.0])])
 def test_training_refits_the_prior_when_the_preprocessing_changes(setting, first, second, data_dir, tmp_path, caplog):
     """``--degrade_factor`` or ``--pixdim`` change what the polynomial sees: train.json's prior must not be the one
-    fitted with the old value, and inference with another value than training's is refused, naming the id."""
+    fitted with the old value. Inference with another ``pixdim`` than training's is refused, naming the id; another
+    ``degrade_factor`` is how sr is applied to maps already at low resolution (``--degrade_factor 1``)."""
 
     def prior(value):
         parser = ConfigParser()
@@ -122,8 +123,17 @@ def test_training_refits_the_prior_when_the_preprocessing_changes(setting, first
     assert refitted["preprocessing"][setting] == second and refitted["coefficients"] != fitted["coefficients"]
     path = tmp_path / "models" / "prior_pet.json"
     assert load_prior(path, preprocessing={setting: second}) == refitted
-    with pytest.raises(ValueError, match=f"trained with {setting} .*, but the config has {first!r}; give --{setting}"):
-        load_prior(path, preprocessing={setting: first})
+    parser = ConfigParser()
+    parser.read_config([str(CONFIGS / "inference.json"), str(CONFIGS / "tasks" / "pet.json")])
+    parser.update({"bundle_root": str(tmp_path), setting: first})
+    if setting == "degrade_factor":
+        assert parser.get_parsed_content("prior") == refitted
+        return
+    with pytest.raises(RuntimeError) as raised:
+        parser.get_parsed_content("prior")
+    assert f"trained with {setting} {second!r}, but the config has {first!r}; give --{setting}" in error_messages(
+        raised.value
+    )
 
 
 def test_no_prior_leaves_the_image_alone():
