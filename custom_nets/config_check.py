@@ -180,6 +180,8 @@ def check_settings(
         raise ValueError(f"patch_size {patch_size!r}: expected a list of positive integers, e.g. [64,64,64].")
     if not all(isinstance(p, int) and not isinstance(p, bool) and p > 0 for p in patch_size):
         raise ValueError(f"patch_size {list(patch_size)!r}: expected positive integers, e.g. [64,64,64].")
+    if len(patch_size) != 3:  # the volumes are 3D for every model, the slice-wise 2D cGAN included
+        raise ValueError(f"patch_size {list(patch_size)!r}: expected 3 sizes (the volumes are 3D), e.g. [64,64,64].")
     bad = [p for p in patch_size if p % size_divisor]
     if bad:
         fitting = [max(size_divisor, p // size_divisor * size_divisor) for p in patch_size]

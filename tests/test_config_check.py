@@ -25,6 +25,7 @@ FILES = f"['{CONFIGS / 'train.json'}','{CONFIGS / 'tasks' / 'fa.json'}']"
         ("pet", "abc", "patch_size 'abc': expected a list"),
         ("pet", [64, 64, 0], "positive integers"),
         ("pet", [48, 64, 64], "multiple of 32"),
+        ("pet", [64, 64], r"patch_size \[64, 64\]: expected 3 sizes"),
     ],
 )
 def test_bad_settings_are_named(task, patch_size, message):

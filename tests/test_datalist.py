@@ -138,6 +138,26 @@ def _break_mask_of_another_subject(root):
     return "sub-02", "mask"
 
 
+def test_one_template_mask_may_serve_every_subject(tmp_path):
+    """Data in standard space (e.g. MNI152) often shares one brain mask: not a duplicated subject."""
+    root = _bids(tmp_path / "data")
+    source = root / "sub-01/anat/sub-01_mask.nii.gz"
+    for mask in root.glob("sub-0[234]/anat/*_mask.nii.gz"):
+        mask.write_bytes(source.read_bytes())
+    assert build_datalist(root, tmp_path / "datalist.json", KEYS).is_file()
+
+
+def test_every_problem_is_listed_even_for_an_entry_missing_a_key(tmp_path):
+    root = _bids(tmp_path / "data")
+    (root / "sub-03/anat/sub-03_FLAIR.nii.gz").unlink()
+    _save(root / "sub-03/pet/sub-03_pet.nii.gz", np.zeros((8, 8, 6)))  # off grid as well
+    with pytest.raises(DatalistError) as error:
+        build_datalist(root, tmp_path / "datalist.json", KEYS)
+    problems = error.value.problems
+    assert any("sub-03" in line and "'flair'" in line and "no file matches" in line for line in problems)
+    assert any("sub-03" in line and "'pet'" in line and "shape" in line for line in problems), problems
+
+
 def _break_ambiguous(root):
     _save(root / "sub-04/anat/sub-04_run-2_T1w.nii.gz", np.random.default_rng(6).random((8, 8, 8)))
     return "sub-04", "t1w"

@@ -195,11 +195,16 @@ def validate_subjects(
 ) -> list[str]:
     """All problems of the found files: unreadable, non-finite, empty masks, shape/affine mismatches, duplicates.
 
-    One mask file may serve every session of its subject (e.g. a derivative brain mask without a session entity);
-    any other file found twice is reported as a duplicated subject or file.
+    One mask file may serve every session of its subject (e.g. a derivative brain mask without a session entity), and
+    one mask may serve every entry (a template brain mask of data in standard space, e.g. MNI152); a mask shared by
+    some subjects but not all, or any other file found twice, is reported as a duplicated subject or file. Entries that
+    lack a key (reported by ``find_subjects``) are validated too, so that every problem is listed at once.
     """
     problems = []
     seen: dict[str, tuple[str, str | None, str]] = {}  # digest -> (label, subject, key) of its first use
+    shared_masks: dict[str, list[str]] = {}  # digest -> labels of the other subjects' uses of one mask file
+    mask_users: dict[str, set[str]] = {}  # digest -> entries whose mask it is
+    with_mask = {name for name, entry in entries.items() if any(key in entry for key in mask_keys)}
     for entry_id, entry in entries.items():
         reference = None
         for key, path in entry.items():
@@ -208,10 +213,14 @@ def validate_subjects(
             path = Path(path)
             label = f"{entry_id}: key '{key}': {path}"
             digest = _digest(path)
+            if key in mask_keys:
+                mask_users.setdefault(digest, set()).add(entry_id)
             if digest in seen:
                 first_label, first_subject, first_key = seen[digest]
-                shared_mask = key in mask_keys and key == first_key and first_subject == entry.get("subject")
-                if not shared_mask:
+                is_mask = key in mask_keys and key == first_key
+                if is_mask and first_subject != entry.get("subject"):
+                    shared_masks.setdefault(digest, []).append(f"{label}: same content as {first_label}")
+                elif not is_mask:
                     problems.append(f"{label}: same content as {first_label} (duplicated subject or file)")
                     continue
             else:
@@ -230,6 +239,9 @@ def validate_subjects(
                 check_same_grid(label, array.shape, affine, *reference, tolerance=affine_tol)
             except ValueError as error:
                 problems.append(str(error))
+    for digest, labels in shared_masks.items():
+        if mask_users[digest] != with_mask:  # one template mask for every entry is fine; for some, a mix-up
+            problems += [f"{label} (duplicated subject or file)" for label in labels]
     return problems
 
 
@@ -249,7 +261,7 @@ def build_datalist(
     if not keys:
         raise DatalistError(["no --key given: name at least one modality, e.g. --key t1w='{subject}_T1w.nii.gz'."])
     entries, problems = find_subjects(root, keys, layout)
-    problems += validate_subjects({k: v for k, v in entries.items() if set(keys) <= set(v)}, mask_keys, affine_tol)
+    problems += validate_subjects(entries, mask_keys, affine_tol)
     if problems:
         raise DatalistError(problems)
     out = Path(out).absolute()
@@ -306,8 +318,7 @@ def folder_items(
         for name, entry in entries.items():
             if mask_key in masks.get(name, {}):
                 entry[mask_key] = masks[name][mask_key]
-    complete = {name: entry for name, entry in entries.items() if set(input_keys) <= set(entry)}
-    problems += validate_subjects(complete, [mask_key])
+    problems += validate_subjects(entries, [mask_key])
     if problems:
         raise DatalistError(problems)
     return [
