@@ -5,6 +5,7 @@ take stops the run at once with one message naming the id and the value, instead
 
 from __future__ import annotations
 
+import argparse
 import difflib
 import inspect
 import json
@@ -324,6 +325,22 @@ def _null_on_command_line(argv: Sequence[str]) -> list[str]:
         if value.strip().lower() == "null":
             names.append(name)
     return names
+
+
+def number_at_least(minimum: float, inclusive: bool = True) -> Callable[[str], float]:
+    """An argparse ``type`` for a finite number >= ``minimum`` (> when not ``inclusive``): a bad value is refused by
+    argparse naming the option (``--voxel-size 0: expected a number > 0``) instead of failing later in a traceback."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum or (not inclusive and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text!r}: expected a number {'>=' if inclusive else '>'} {minimum:g}")
+        return value
+
+    return parse
 
 
 def parse_overrides(items: Sequence[str], option: str = "--override") -> dict:

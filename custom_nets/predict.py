@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
+from custom_nets.config_check import number_at_least
 from custom_nets.datasets.folders import DatalistError, folder_items, parse_key
 from custom_nets.evaluation.pipeline import bundle_workflow, configs_dir, task_settings
 from custom_nets.io import atomic_write_json, read_json, sha256_of
@@ -176,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--brain-extraction", choices=("threshold", "deepbet"), help="for subjects without a mask")
     parser.add_argument(
         "--degrade-factor",
-        type=float,
+        type=number_at_least(1),
         help="the task's simulated loss of resolution of the input (default: the task's, sr: 2, which suits a "
         "high-resolution input); 1 for maps that are already at low resolution",
     )

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from custom_nets.config_check import number_at_least
 from custom_nets.datasets.preprocessing import preprocess_subject
 
 __all__ = ["main"]
@@ -34,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image", type=_parse_image, action="append", required=True, help="KEY=FILE, repeatable")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--reference", default="t1w", help="the key whose grid every image is brought onto")
-    parser.add_argument("--voxel-size", type=float, help="isotropic voxel size in mm (default: the reference's grid)")
+    parser.add_argument(
+        "--voxel-size",
+        type=number_at_least(0, inclusive=False),
+        help="isotropic voxel size in mm (default: the reference's grid)",
+    )
     parser.add_argument("--n4", action="store_true", help="N4 bias-field correction of the MR contrasts")
     parser.add_argument("--mask-key", action="append", default=None, help="keys that are masks (default: mask)")
     args = parser.parse_args(argv)

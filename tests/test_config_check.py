@@ -293,3 +293,23 @@ def test_a_bad_value_stops_training_before_anything_is_written(extra, message, t
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / "models").exists() and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "module, argv, message",
+    [
+        ("custom_nets.preprocess", ["--image", "t1w=x.nii.gz", "--out", "o", "--voxel-size", "0"], "> 0"),
+        ("custom_nets.preprocess", ["--image", "t1w=x.nii.gz", "--out", "o", "--voxel-size", "-2"], "> 0"),
+        ("custom_nets.datasets.folders", ["--root", "r", "--affine-tol", "-1"], ">= 0"),
+        ("custom_nets.predict", ["--task", "sr", "--input", "i", "--output", "o", "--degrade-factor", "0.5"], ">= 1"),
+        ("custom_nets.predict", ["--task", "sr", "--input", "i", "--output", "o", "--degrade-factor", "nan"], ">= 1"),
+    ],
+)
+def test_numeric_cli_options_are_checked_by_argparse(module, argv, message, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as raised:
+        importlib.import_module(module).main(argv)
+    assert raised.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {argv[-2]}: {argv[-1]!r}: expected a number {message}" in error

@@ -28,6 +28,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from custom_nets.config_check import number_at_least
 from custom_nets.data import split_subjects
 from custom_nets.io import AFFINE_TOLERANCE_MM, atomic_write_json, check_same_grid, load_volume
 
@@ -348,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask-key", action="append", default=None, help="keys that are masks (default: mask)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
-    parser.add_argument("--affine-tol", type=float, default=1e-2, help="largest affine difference in mm")
+    parser.add_argument("--affine-tol", type=number_at_least(0), default=1e-2, help="largest affine difference in mm")
     args = parser.parse_args(argv)
     out = Path(args.out) if args.out else Path(args.root) / "datalist.json"
     try:
