@@ -233,6 +233,7 @@ def test_sliding_window_settings_are_named(changed, message):
         ("ema_decay", 1.5, r"ema_decay 1.5: expected a number in \[0, 1\)"),
         ("adversarial_start", 2, "adversarial_start 2"),
         ("lambda_l1", -5, "lambda_l1 -5: expected a number >= 0"),
+        ("lambda_rmse", float("nan"), "lambda_rmse nan: expected a number >= 0"),
         ("lr_g", -1, "lr_g -1: expected a number > 0"),
         ("d_steps", 0, "d_steps 0"),
         ("instance_noise", -1, "instance_noise -1"),
