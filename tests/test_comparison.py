@@ -248,3 +248,26 @@ def test_paper_table_states_the_overridden_patch_and_batch(overrides, expected):
     train = json.loads((Path(__file__).parents[1] / "bundle" / "configs" / "train.json").read_text(encoding="utf-8"))
     assert train["batch_size"] == 1 and train["num_samples"] == 2  # the first case keeps train.json's batch
     assert _paper_table_module()._train_json_batch(overrides) == expected
+
+
+def test_seed_spread_of_scored_runs(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "seed_spread", Path(__file__).parent.parent / "benchmarks/seed_spread.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    scores = {"a": [[0.10, 0.20], [0.12, 0.22]], "b": [[0.11, 0.25], [0.11, 0.25]]}  # model -> seed -> subject
+    runs = {}
+    for model, seeds in scores.items():
+        for seed, values in enumerate(seeds):
+            folder = tmp_path / model / f"seed{seed}"
+            (folder / "scores").mkdir(parents=True)
+            subjects = {f"sub-{i}": {"nrmse": v} for i, v in enumerate(values)}
+            (folder / "scores" / "summary.json").write_text(json.dumps({"subjects": subjects}))
+            runs.setdefault(model, []).append(folder)
+    result = module.seed_spread(runs)
+    assert result["a"]["seeds"] == pytest.approx([0.15, 0.17]) and result["a"]["sd"] == pytest.approx(0.02**0.5 * 0.1)
+    assert result["b"]["minus_reference"]["mean"] == pytest.approx(0.16 - 0.18)
+    assert "seeds_welch_ci95" in result["b"]["minus_reference"]
