@@ -279,6 +279,8 @@ def test_cli_training_and_torchrun_multi_gpu_overlay(data_dir, tmp_path):
         ({}, "delete", "sub-0001_pet.nii.gz does not exist"),
         ({"patch_size": [48, 48, 48]}, None, "smaller than patch_size"),
         ({}, "empty_mask", "_mask.nii.gz: the brain mask given as 'mask' is empty"),
+        ({}, "delete_validation", "('validation'), key 'pet'"),
+        ({}, "empty_validation", "the 'validation' list is empty"),
     ],
 )
 def test_bad_input_gets_a_clear_error(overrides, breaker, message, data_dir, tmp_path):
@@ -292,9 +294,17 @@ def test_bad_input_gets_a_clear_error(overrides, breaker, message, data_dir, tmp
         mask = data / first["mask"]
         image = nib.load(str(mask))
         nib.save(nib.Nifti1Image(np.zeros(image.shape, np.uint8), image.affine), str(mask))
+    if breaker == "delete_validation":
+        (data / datalist["validation"][0]["pet"]).unlink()
+    if breaker == "empty_validation":
+        datalist["validation"] = []
+        (data / "datalist.json").write_text(json.dumps(datalist), encoding="utf-8")
     with pytest.raises(Exception) as error:
         _train(data, tmp_path / "root", ["tasks/pet.json"], **overrides)
     assert message in error_messages(error.value)
+    if breaker in ("delete_validation", "empty_validation"):
+        # both splits are checked when the workflow initialises: before the prior is fitted or a folder is made
+        assert not (tmp_path / "root" / "models").exists()
 
 
 def test_network_matches_metadata(tmp_path):

@@ -154,13 +154,14 @@ def test_cli_typo_stops_before_anything_is_written(tmp_path):
 def test_ids_shared_by_training_and_inference_agree():
     """Inference must rebuild the network and the preprocessing training used: every id both configs define has one
     value, except those whose job differs (what to import and run, fitting vs reading the prior, the files checked
-    before a run (training also checks a distillation teacher's weights), and spectral norm as a parametrisation to
-    train vs folded into the weights: the same outputs, tests/test_export.py)."""
+    before a run (training also checks a distillation teacher's weights and both of its splits), and spectral norm as
+    a parametrisation to train vs folded into the weights: the same outputs, tests/test_export.py)."""
     import json
 
     train = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))
     infer = json.loads((CONFIGS / "inference.json").read_text(encoding="utf-8"))
-    differing = {"imports", "initialize", "run", "prior", "check_config", "checked_settings", "fold_spectral_norm"}
+    differing = {"imports", "initialize", "run", "prior", "check_config", "check_data", "checked_settings"}
+    differing.add("fold_spectral_norm")
     shared = sorted(set(train) & set(infer) - differing)
     assert {"network_def", "load_transforms", "input_keys", "per_voxel_prior", "residual_on_prior"} <= set(shared)
     assert {key for key in shared if train[key] != infer[key]} == set()
@@ -314,3 +315,13 @@ def test_numeric_cli_options_are_checked_by_argparse(module, argv, message, caps
     assert raised.value.code == 2
     error = capsys.readouterr().err
     assert f"argument {argv[-2]}: {argv[-1]!r}: expected a number {message}" in error
+
+
+def test_multi_gpu_initialisation_runs_the_same_checks():
+    """The multi-GPU overlay replaces ``initialize``; it must keep every up-front check of single-process training
+    (settings and both splits of the datalist, before the prior is fitted or anything is written)."""
+    train = json.loads((CONFIGS / "train.json").read_text(encoding="utf-8"))["initialize"]
+    multi = json.loads((CONFIGS / "multi_gpu_train.json").read_text(encoding="utf-8"))["initialize"]
+    checks = [step for step in train if step.startswith("$@check_")]
+    assert checks == ["$@check_config", "$@check_data"]
+    assert [step for step in multi if step.startswith("$@check_")] == checks

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from monai.data import load_decathlon_datalist
 
-from custom_nets.datasets.folders import DatalistError, build_datalist
+from custom_nets.datasets.folders import DatalistError, build_datalist, folder_items
 from custom_nets.datasets.folders import main as datalist_cli
 
 KEYS = {
@@ -90,6 +90,44 @@ def test_flat_layout_reads_a_freesurfer_subjects_dir(tmp_path):
     assert all(e["t1w"].endswith(f"{e['subject']}/mri/T1.mgz") for e in entries)
     with pytest.raises(DatalistError, match=r"no file under .* matches \(patterns are relative to --root"):
         build_datalist(root, tmp_path / "other.json", {"t1w": "{subject}_T1w.nii.gz"}, layout="flat")
+
+
+def _flat_standard_space(root):
+    """Three subjects registered to one template (standard space) and the template's brain mask, a single file."""
+    rng = np.random.default_rng(0)
+    for subject in ("s1", "s2", "s3"):
+        for suffix in ("T1w", "FLAIR", "pet"):
+            _save(root / f"{subject}_{suffix}.nii.gz", rng.random((8, 8, 8)))
+    _save(root / "templates" / "brain_mask.nii.gz", rng.random((8, 8, 8)) > 0.3)
+    return {"t1w": "{subject}_T1w.nii.gz", "flair": "{subject}_FLAIR.nii.gz", "pet": "{subject}_pet.nii.gz"}
+
+
+def test_flat_layout_accepts_one_template_mask_for_every_subject(tmp_path):
+    keys = _flat_standard_space(tmp_path) | {"mask": "templates/brain_mask.nii.gz"}
+    out = build_datalist(tmp_path, tmp_path / "datalist.json", keys, layout="flat")
+    entries = [e for part in ("training", "validation", "test") for e in json.loads(out.read_text())[part]]
+    assert sorted(e["subject"] for e in entries) == ["s1", "s2", "s3"]
+    assert {e["mask"] for e in entries} == {"templates/brain_mask.nii.gz"}
+    items = folder_items(tmp_path, ["t1w", "flair"], "flat", keys)  # inference on the folder, no datalist
+    assert [item["id"] for item in items] == ["s1", "s2", "s3"]
+    assert {item["mask"] for item in items} == {str(tmp_path / "templates" / "brain_mask.nii.gz")}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"mask": "templates/missing_mask.nii.gz"}, "missing_mask.nii.gz does not exist (one file for every subject)"),
+        ({"t2w": "templates/brain_mask.nii.gz"}, "--key t2w=templates/brain_mask.nii.gz: a flat-layout pattern needs"),
+    ],
+)
+def test_flat_layout_refuses_a_fixed_file_that_cannot_be_shared(extra, message, tmp_path):
+    keys = _flat_standard_space(tmp_path) | extra
+    with pytest.raises(DatalistError) as error:
+        build_datalist(tmp_path, tmp_path / "datalist.json", keys, layout="flat")
+    assert message in str(error.value)
+    assert not (tmp_path / "datalist.json").exists()
+    with pytest.raises(DatalistError, match="no --key pattern has a {subject} placeholder"):
+        build_datalist(tmp_path, tmp_path / "datalist.json", {"mask": "templates/brain_mask.nii.gz"}, layout="flat")
 
 
 def _break_missing(root):

@@ -8,7 +8,8 @@
 Layouts:
     bids  ``DIR/sub-<id>/[ses-<s>/]<datatype>/sub-<id>[_ses-<s>]_..._<suffix>.<ext>``; each key is a glob relative to
           the subject folder (defaults below). Sessions become separate entries ``sub-<id>_ses-<s>`` of one subject.
-    flat  one folder of files; each key is a pattern with a ``{subject}`` placeholder.
+    flat  one folder of files; each key is a pattern with a ``{subject}`` placeholder, except that a mask may be one
+          file for every subject (a template brain mask of data in standard space, e.g. MNI152).
 
 Files may be NIfTI, NRRD, MHA or a DICOM series folder (read through MONAI's ITK reader). Before anything is written,
 every file is loaded and checked: it exists and is readable, a subject's modalities share the spatial shape and
@@ -112,10 +113,20 @@ def _pybids_subjects(root: Path, keys: Mapping[str, object]) -> tuple[dict, list
     return entries, problems
 
 
-def find_subjects(root: str | Path, keys: Mapping[str, str], layout: str = "bids") -> tuple[dict, list[str]]:
+def find_subjects(
+    root: str | Path, keys: Mapping[str, str], layout: str = "bids", shared_keys: Sequence[str] = ()
+) -> tuple[dict, list[str]]:
     """Map ``{entry_id: {"subject": id, key: path, ...}}`` from ``root``; returns (entries, problems). Layouts:
     ``"bids"`` (BIDS-like, glob patterns by key), ``"flat"`` (patterns with ``{subject}``), ``"pybids"`` (a BIDS
-    dataset read with pybids, ``BIDS_QUERIES`` by key, derivatives included)."""
+    dataset read with pybids, ``BIDS_QUERIES`` by key, derivatives included).
+
+    In the flat layout a key of ``shared_keys`` (the masks) may name one file without ``{subject}``: a template brain
+    mask shared by every subject of data in standard space (e.g. MNI152).
+
+    Raises:
+        DatalistError: ``root`` is not a folder, no subject is found, a flat pattern lacks ``{subject}`` (and is not a
+            shared key naming an existing file) or the layout is unknown.
+    """
     root = Path(root)
     problems: list[str] = []
     entries: dict[str, dict] = {}
@@ -145,12 +156,30 @@ def find_subjects(root: str | Path, keys: Mapping[str, str], layout: str = "bids
                         problems.append(f"{entry_id}: key '{key}': {len(matches)} files match '{pattern}': {names}")
                 entries[entry_id] = entry
     elif layout == "flat":
-        for key, pattern in keys.items():
-            if "{subject}" not in pattern:
-                raise DatalistError([f"--key {key}={pattern}: a flat-layout pattern needs a {{subject}} placeholder."])
-        # subjects found through any key, so that a subject missing one file is reported, not dropped
+        shared = {key: pattern for key, pattern in keys.items() if "{subject}" not in pattern}
+        for key, pattern in shared.items():
+            if key not in shared_keys:
+                allowed = (
+                    f" (only a mask, {', '.join(shared_keys)}, may be one file for every subject)"
+                    if shared_keys
+                    else ""
+                )
+                raise DatalistError(
+                    [f"--key {key}={pattern}: a flat-layout pattern needs a {{subject}} placeholder{allowed}."]
+                )
+            if not (root / pattern).is_file():
+                raise DatalistError(
+                    [f"--key {key}={pattern}: {root / pattern} does not exist (one file for every subject)."]
+                )
+        if len(shared) == len(keys):
+            raise DatalistError(
+                ["flat layout: no --key pattern has a {subject} placeholder, so no subject can be found."]
+            )
+        # subjects found through any per-subject key, so that a subject missing one file is reported, not dropped
         subjects_of = {}
         for key, pattern in keys.items():
+            if key in shared:
+                continue
             # a pattern may reach into sub-folders ({subject}/mri/T1.mgz: FreeSurfer's SUBJECTS_DIR); {subject} is one
             # path component
             regex = re.compile(re.escape(pattern).replace(re.escape("{subject}"), "(?P<subject>[^/]+?)") + "$")
@@ -261,7 +290,7 @@ def build_datalist(
     keys = dict(defaults if keys is None else keys)
     if not keys:
         raise DatalistError(["no --key given: name at least one modality, e.g. --key t1w='{subject}_T1w.nii.gz'."])
-    entries, problems = find_subjects(root, keys, layout)
+    entries, problems = find_subjects(root, keys, layout, shared_keys=mask_keys)
     problems += validate_subjects(entries, mask_keys, affine_tol)
     if problems:
         raise DatalistError(problems)
@@ -301,7 +330,8 @@ def folder_items(
         root: the folder, BIDS-like (``sub-*/[ses-*/]anat/...``) or flat.
         input_keys: the task's inputs (e.g. ``["t1w", "flair"]``); each needs a pattern.
         layout: ``"bids"`` (patterns default to ``BIDS_KEYS``) or ``"flat"`` (patterns with ``{subject}``).
-        keys: patterns by key; ``mask_key``'s pattern is optional per subject (the bundle extracts a brain otherwise).
+        keys: patterns by key; ``mask_key``'s pattern is optional per subject (the bundle extracts a brain otherwise)
+            and, in the flat layout, may name one template mask for every subject.
 
     Raises:
         DatalistError: every problem found (a modality missing, a file unreadable, not 3D or not finite, grids that
@@ -312,8 +342,11 @@ def folder_items(
     unnamed = [key for key in input_keys if key not in patterns]
     if unnamed:
         raise DatalistError([f"no file pattern for input key(s) {unnamed}: give --key NAME=PATTERN for each."])
-    entries, problems = find_subjects(root, {key: patterns[key] for key in input_keys}, layout)
-    if mask_key in patterns:
+    mask_pattern = patterns.get(mask_key)
+    shared_mask = layout == "flat" and mask_pattern is not None and "{subject}" not in mask_pattern
+    needed = {key: patterns[key] for key in input_keys} | ({mask_key: mask_pattern} if shared_mask else {})
+    entries, problems = find_subjects(root, needed, layout, shared_keys=[mask_key])
+    if mask_pattern is not None and not shared_mask:
         masks, mask_problems = find_subjects(root, {mask_key: patterns[mask_key]}, layout)
         problems += [p for p in mask_problems if "files match" in p]  # a missing mask is allowed, an ambiguous one not
         for name, entry in entries.items():
