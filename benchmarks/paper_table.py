@@ -304,7 +304,12 @@ def _results_markdown(report: dict, content: dict, args, seconds: float) -> list
             if args.overrides
             else "CPU preset networks (`generator_preset: cpu`)"
         )
-        + ". Inference: `inference.json`.",
+        + ". Inference: `inference.json`"
+        + (
+            f" with sliding-window overlap {settings['sw_overlap']:g} instead of its own default."
+            if settings.get("sw_overlap") is not None
+            else "."
+        ),
         "- Baselines without deep learning, fitted on the training subjects only "
         "(`custom_nets.evaluation.baselines`); "
         "the oracle row scores the noise-free target (`<target>_noisefree` of the phantom): the error no synthesis "

@@ -112,6 +112,7 @@ def check_settings(
     task_ids: Mapping[str, object] | None = None,
     model_variant: str = "scgan",
     settings: Mapping[str, object] | None = None,
+    task_overrides: Sequence[str] = (),
 ) -> bool:
     """Raise one ``ValueError`` naming the id and value when the configuration cannot be what the user meant.
 
@@ -119,11 +120,12 @@ def check_settings(
     otherwise be ignored); ``task`` is a plain name (it names files: ``models/model_<task>.pt``) with an overlay
     ``tasks/<task>.json`` when ``tasks_dir`` is given, and that overlay was applied: each of ``task_ids`` (the
     config's values of ids that define a task, e.g. ``target_key``, ``out_act``) equals the overlay's value unless the
-    id is set on the command line (``--task fa`` with ``train.json`` alone would otherwise train the PET defaults under
-    the name fa); ``model_variant`` is a plain name (a comparison model's weights go to ``models/<model_variant>``);
-    ``patch_size`` is a list of positive integers, each a multiple
-    of the generator's ``size_divisor`` (``prod(strides)``); ``discriminator_roi_size`` is null, a positive integer
-    or one positive integer per dimension of ``patch_size``; every non-empty path of ``files`` (``{id: path}``, e.g.
+    id is set on the command line or named in ``task_overrides`` (the ids another entry point sets on purpose, e.g.
+    ``custom_nets.predict --degrade-factor``; ``--task fa`` with ``train.json`` alone would otherwise train the PET
+    defaults under the name fa); ``model_variant`` is a plain name (a comparison model's weights go to
+    ``models/<model_variant>``); ``patch_size`` is a list of positive integers, each a multiple of the generator's
+    ``size_divisor`` (``prod(strides)``); ``discriminator_roi_size`` is null, a positive integer or one positive
+    integer per dimension of ``patch_size``; every non-empty path of ``files`` (``{id: path}``, e.g.
     ``teacher_weights``) is an existing file; each value of ``settings`` (``{id: value}``, the config's
     ``checked_settings``) is one ``SETTING_RULES`` accepts, so that ``--sw_mode gausian`` or ``--val_interval 0`` fails
     before the prior is fitted or anything is written, rather than an epoch into training or deep inside ignite; no
@@ -169,13 +171,14 @@ def check_settings(
         overlay = json.loads(overlay_path.read_text(encoding="utf-8")) if overlay_path.is_file() else {}
         on_command_line = _cli_ids(list(sys.argv if argv is None else argv))
         for name, value in (task_ids or {}).items():
-            if name in overlay and name not in on_command_line and value != overlay[name]:
+            deliberate = name in on_command_line or name in task_overrides
+            if name in overlay and not deliberate and value != overlay[name]:
                 raise ValueError(
                     f"task {task!r}: {name} is {value!r}, but the task's overlay {overlay_path} sets "
                     f"{overlay[name]!r}: the overlay is not among the configs, or a later one overrides it. Give it "
                     "(--config_file "
-                    f"\"['configs/train.json','configs/tasks/{task}.json']\"), or set --{name} on the command line to "
-                    "override it on purpose."
+                    f"\"['configs/train.json','configs/tasks/{task}.json']\"), or set --{name} on the command line "
+                    "(from Python: list it in the id task_overrides) to override it on purpose."
                 )
     if isinstance(patch_size, (str, bytes)) or not isinstance(patch_size, Sequence) or not patch_size:
         raise ValueError(f"patch_size {patch_size!r}: expected a list of positive integers, e.g. [64,64,64].")

@@ -3,7 +3,7 @@
 (model selected on the validation subjects), synthesise the held-out test subjects, score them against baselines
 without deep learning (population mean, intensity lookup table, cubic polynomial), and write a report with a figure.
 
-    python -m custom_nets.demo                        # PET, ~10 minutes on a 2-core CPU
+    python -m custom_nets.demo                        # PET, ~11 minutes on a 2-core CPU
     python -m custom_nets.demo --task fa --minutes 5 --bundle bundle
 """
 
@@ -12,7 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from custom_nets.datasets.phantom.dataset import generate_dataset
+from custom_nets.data import read_datalist
+from custom_nets.datasets.phantom.dataset import DATASET_NAME, generate_dataset
 from custom_nets.evaluation.comparison import BASELINE_LABELS, best_baseline, markdown_table
 from custom_nets.evaluation.evaluate import evaluate_predictions
 from custom_nets.evaluation.figures import comparison_figure
@@ -20,6 +21,25 @@ from custom_nets.evaluation.pipeline import RunSettings, run_baselines, task_set
 from custom_nets.io import atomic_write_json, atomic_write_text
 
 __all__ = ["run_demo"]
+
+
+def check_synthetic_cohort(datalist: Path, subjects: int, seed: int) -> None:
+    """Refuse a synthetic datalist (``custom_nets.datasets.phantom``'s) of another subject count or seed than asked
+    for; a datalist of the user's own data is used as it is.
+
+    Raises:
+        ValueError: names the datalist, what it holds and what was asked for.
+    """
+    content = read_datalist(datalist)
+    if content.get("name") != DATASET_NAME:
+        return
+    held = sum(len(content.get(part, [])) for part in ("training", "validation", "test"))
+    if held != subjects or content.get("seed") != seed:
+        raise ValueError(
+            f"{datalist} holds {held} synthetic subjects of seed {content.get('seed')}, but the demo asks for "
+            f"{subjects} of seed {seed}: give another --data folder, or --subjects {held} --seed {content.get('seed')} "
+            "to use them."
+        )
 
 
 def run_demo(
@@ -35,7 +55,8 @@ def run_demo(
     numbers (also written to ``<bundle>/eval/demo_<task>/report.{json,md}`` with ``synthesis.png``).
 
     Raises:
-        ValueError: unknown task; FileNotFoundError: ``bundle`` has no configs.
+        ValueError: unknown task, or ``data_dir`` holds synthetic subjects of another count or seed than asked for
+            (the report would silently describe another cohort); FileNotFoundError: ``bundle`` has no configs.
     """
     settings = task_settings(bundle, task, ("target_key", "input_keys", "target_unit", "output_postfix"))
     unit = settings["target_unit"]
@@ -43,6 +64,7 @@ def run_demo(
     if not datalist.is_file():
         print(f"generating {subjects} synthetic subjects in {data_dir}")
         generate_dataset(data_dir, subjects=subjects, seed=seed)
+    check_synthetic_cohort(datalist, subjects, seed)
     out = bundle / "eval" / f"demo_{task}"
     # train.json's defaults (patches, batch, validation every epoch); the time budget ends the last epoch early
     budget = RunSettings(
@@ -90,7 +112,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bundle", default="bundle", help="the bundle folder (configs; models and eval are written)")
     args = parser.parse_args(argv)
-    report = run_demo(args.task, args.minutes, args.data, args.subjects, args.seed, args.bundle)
+    try:
+        report = run_demo(args.task, args.minutes, args.data, args.subjects, args.seed, args.bundle)
+    except (ValueError, FileNotFoundError) as error:  # bad task, bundle or data folder: one line, nothing trained
+        raise SystemExit(f"error: {error}") from None
     print(Path(report["report"]).read_text(encoding="utf-8"))
     print(f"report: {report['report']}\ncheckpoint: {report['run']['checkpoint']}")
 

@@ -60,7 +60,8 @@ def _run(bundle: Path, task: str, items: list[dict], output_dir: Path, overrides
         bundle,
         "inference.json",
         [configs_dir(bundle) / "tasks" / f"{task}.json"],
-        **{"bundle_root": str(bundle), "output_dir": str(output_dir), **overrides},
+        # the caller's ids are deliberate: one that a task overlay also sets (sr's degrade_factor) may differ from it
+        **{"bundle_root": str(bundle), "output_dir": str(output_dir), **overrides, "task_overrides": sorted(overrides)},
     )
     workflow.initialize()
     if progress:

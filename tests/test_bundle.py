@@ -327,6 +327,23 @@ def test_unknown_task_in_the_demo(tmp_path):
         run_demo(task="ct", data_dir=tmp_path, bundle=BUNDLE)
 
 
+def test_demo_refuses_a_synthetic_cohort_other_than_asked(data_dir, tmp_path, capsys):
+    """``data/synthetic`` may hold another cohort (``custom_nets.datasets.phantom --subjects 12``): the demo says so
+    before training instead of reporting on it as if it were the 20 subjects the README describes."""
+    from custom_nets.demo import main as demo_cli
+    from custom_nets.demo import run_demo
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    with pytest.raises(
+        ValueError, match=r"datalist.json holds 5 synthetic subjects of seed 11, but the demo asks for 20"
+    ):
+        run_demo(task="pet", data_dir=data_dir, bundle=bundle)
+    with pytest.raises(SystemExit, match="--subjects 5 --seed 11 to use them"):
+        demo_cli(["--data", str(data_dir), "--bundle", str(bundle), "--subjects", "5", "--seed", "0"])
+    assert not (bundle / "models").exists()
+
+
 def test_demo_end_to_end_in_brief(tmp_path):
     """The README's main job with a seconds-long budget: data, training, inference, scores and report."""
     from custom_nets.demo import run_demo

@@ -40,24 +40,32 @@ def test_good_settings_pass():
 PET_IDS = {"target_key": "pet", "out_act": "relu", "degrade_factor": 1}
 
 
+SR_IDS = {"target_key": "fa", "out_act": "sigmoid", "degrade_factor": 2}
+
+
 @pytest.mark.parametrize(
-    "task, task_ids, argv, message",
+    "task, task_ids, argv, message, task_overrides",
     [
-        ("fa", PET_IDS, [], "task 'fa': target_key is 'pet', but the task's overlay .*fa.json sets 'fa'"),
-        ("sr", {**PET_IDS, "target_key": "fa"}, [], "out_act is 'relu', but .*sr.json sets 'sigmoid'"),
-        ("fa", {**PET_IDS, "target_key": "fa"}, [MAIN, "--target_key", "fa"], "out_act is 'relu'"),
-        ("md", {**PET_IDS, "target_key": "md"}, [MAIN, "--task=md", "--target_key=md"], None),  # relu, 1: as md.json
-        ("fa", {**PET_IDS, "out_act": "sigmoid"}, [MAIN, "--target_key", "pet"], None),  # overridden on purpose
-        ("pet", PET_IDS, [], None),
+        ("fa", PET_IDS, [], "task 'fa': target_key is 'pet', but the task's overlay .*fa.json sets 'fa'", ()),
+        ("sr", {**PET_IDS, "target_key": "fa"}, [], "out_act is 'relu', but .*sr.json sets 'sigmoid'", ()),
+        ("fa", {**PET_IDS, "target_key": "fa"}, [MAIN, "--target_key", "fa"], "out_act is 'relu'", ()),
+        ("md", {**PET_IDS, "target_key": "md"}, [MAIN, "--task=md", "--target_key=md"], None, ()),  # as md.json
+        ("fa", {**PET_IDS, "out_act": "sigmoid"}, [MAIN, "--target_key", "pet"], None, ()),  # overridden on purpose
+        ("pet", PET_IDS, [], None, ()),
+        # sr on maps already at low resolution: another entry point (custom_nets.predict) sets it on purpose
+        ("sr", {**SR_IDS, "degrade_factor": 1}, [], "degrade_factor is 1, but .*sr.json sets 2", ()),
+        ("sr", {**SR_IDS, "degrade_factor": 1}, [], None, ["degrade_factor"]),
+        ("fa", {**PET_IDS, "degrade_factor": 2}, [], "target_key is 'pet'", ["degrade_factor"]),
     ],
 )
-def test_the_task_overlay_must_have_been_applied(task, task_ids, argv, message):
+def test_the_task_overlay_must_have_been_applied(task, task_ids, argv, message, task_overrides):
     """``--task fa`` on ``train.json`` alone used to train the PET defaults under the name fa, without a word."""
+    check = dict(argv=argv, task_ids=task_ids, task_overrides=task_overrides)
     if message is None:
-        assert check_settings(task, [64] * 3, 32, CONFIGS / "tasks", argv=argv, task_ids=task_ids)
+        assert check_settings(task, [64] * 3, 32, CONFIGS / "tasks", **check)
         return
     with pytest.raises(ValueError, match=message):
-        check_settings(task, [64] * 3, 32, CONFIGS / "tasks", argv=argv, task_ids=task_ids)
+        check_settings(task, [64] * 3, 32, CONFIGS / "tasks", **check)
 
 
 def test_task_without_its_overlay_stops_before_anything_is_written(tmp_path):
@@ -325,3 +333,17 @@ def test_multi_gpu_initialisation_runs_the_same_checks():
     checks = [step for step in train if step.startswith("$@check_")]
     assert checks == ["$@check_config", "$@check_data"]
     assert [step for step in multi if step.startswith("$@check_")] == checks
+
+
+@pytest.mark.parametrize("overlay", [None, "pet", "fa", "md", "sr"])
+def test_weights_are_named_after_the_task_in_training_and_inference(overlay):
+    """``train.json`` alone trains the PET task: its weights must be the ``models/model_pet.pt`` that ``inference.json``
+    with ``tasks/pet.json`` loads (they were ``model.pt`` once, and inference then did not find them)."""
+    from monai.bundle import ConfigParser
+
+    names = []
+    for config in ("train.json", "inference.json"):
+        parser = ConfigParser()
+        parser.read_config([str(CONFIGS / config)] + ([str(CONFIGS / "tasks" / f"{overlay}.json")] if overlay else []))
+        names.append(parser.get_parsed_content("ckpt_name"))
+    assert names == [f"model_{overlay or 'pet'}.pt"] * 2

@@ -136,6 +136,20 @@ def test_a_bundle_without_its_trained_files_is_one_error_line(bids, tmp_path, ca
     assert not out.exists() or not list(out.glob("*.nii.gz"))
 
 
+def test_predict_may_set_a_task_id_on_purpose(bids, tmp_path, capsys):
+    """``--task sr --degrade-factor 1`` (maps already at low resolution) differs from sr's overlay on purpose: the task
+    check lets it through and the run stops only at what is really missing, the untrained bundle's weights."""
+    bundle = tmp_path / "untrained"
+    shutil.copytree(CONFIGS, bundle / "configs")
+    root = tmp_path / "maps"
+    root.mkdir()
+    shutil.copy(bids / "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz", root / "s1_FA.nii.gz")
+    args = ["--bundle", str(bundle), "--task", "sr", "--input", str(root), "--output", str(tmp_path / "out")]
+    assert predict_cli(args + ["--layout", "flat", "--key", "fa={subject}_FA.nii.gz", "--degrade-factor", "1"]) == 2
+    error = capsys.readouterr().err
+    assert "not found" in error and "degrade_factor" not in error
+
+
 def test_user_errors_are_found_in_the_cause_chain():
     from custom_nets.predict import user_error
 

@@ -14,6 +14,8 @@ from custom_nets.datasets.phantom.anatomy import REGION_LABELS, load_template
 from custom_nets.datasets.phantom.subject import MODALITIES, NOISE_FREE, sample_latents, synthesise_subject
 from custom_nets.io import atomic_save_nifti, atomic_write_json
 
+DATASET_NAME = "scgan-synthetic-brains"  # the datalist's "name": tells synthetic cohorts from users' data
+
 __all__ = ["generate_dataset", "synthetic_datalist", "DATALIST_NAME"]
 
 DATALIST_NAME = "datalist.json"
@@ -75,7 +77,7 @@ def generate_dataset(
                 flush=True,
             )
     datalist = {
-        "name": "scgan-synthetic-brains",
+        "name": DATASET_NAME,
         "description": "Synthetic multimodal brain subjects built on the MNI152 (ICBM 2009a) tissue templates",
         "reference": "custom_nets.datasets.phantom (contrast values and their sources: "
         "custom_nets/datasets/phantom/subject.py)",
