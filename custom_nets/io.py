@@ -104,7 +104,15 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> Any:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist (train first, or give its path).")
+        folder = path.parent.glob("*.pt") if path.parent.is_dir() else []
+        others = sorted(p.name for p in folder if not p.name.startswith("resume"))  # weights, not training states
+        hint = (
+            f"; its folder holds {', '.join(others)}: trained with another task overlay or none (train.json alone "
+            "writes model.pt, with tasks/<task>.json model_<task>.pt)? Give the same overlay, or --ckpt_name"
+            if others
+            else " (train first, or give its path)"
+        )
+        raise FileNotFoundError(f"checkpoint {path} does not exist{hint}.")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # zip, unpickling and weights-only errors all mean the same to the user

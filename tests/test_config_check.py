@@ -336,9 +336,9 @@ def test_multi_gpu_initialisation_runs_the_same_checks():
 
 
 @pytest.mark.parametrize("overlay", [None, "pet", "fa", "md", "sr"])
-def test_weights_are_named_after_the_task_in_training_and_inference(overlay):
-    """``train.json`` alone trains the PET task: its weights must be the ``models/model_pet.pt`` that ``inference.json``
-    with ``tasks/pet.json`` loads (they were ``model.pt`` once, and inference then did not find them)."""
+def test_training_and_inference_name_the_weights_alike(overlay):
+    """With a task overlay both configs use ``models/model_<task>.pt``; alone both use ``models/model.pt``, the name
+    MONAI Label and the Model Zoo read (a mix of the two is named by the missing-checkpoint error, see test_io)."""
     from monai.bundle import ConfigParser
 
     names = []
@@ -346,4 +346,18 @@ def test_weights_are_named_after_the_task_in_training_and_inference(overlay):
         parser = ConfigParser()
         parser.read_config([str(CONFIGS / config)] + ([str(CONFIGS / "tasks" / f"{overlay}.json")] if overlay else []))
         names.append(parser.get_parsed_content("ckpt_name"))
-    assert names == [f"model_{overlay or 'pet'}.pt"] * 2
+    assert names == [f"model_{overlay}.pt" if overlay else "model.pt"] * 2
+
+
+def test_a_missing_checkpoint_names_the_weights_beside_it(tmp_path):
+    """Trained with ``train.json`` alone (``model.pt``), synthesised with ``tasks/pet.json`` (``model_pet.pt``)."""
+    import torch
+
+    from custom_nets.io import read_checkpoint
+
+    with pytest.raises(FileNotFoundError, match=r"model_pet.pt does not exist \(train first"):
+        read_checkpoint(tmp_path / "model_pet.pt")
+    torch.save({}, tmp_path / "model.pt")
+    torch.save({}, tmp_path / "resume.pt")
+    with pytest.raises(FileNotFoundError, match=r"its folder holds model.pt: trained with another task overlay"):
+        read_checkpoint(tmp_path / "model_pet.pt")
